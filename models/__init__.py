@@ -1,0 +1,34 @@
+"""SQLAlchemy models: the tables users read with plain SQL (DESIGN.md "Tables")."""
+
+from models.base import Base, UTCDateTime, utcnow
+from models.jobs import (
+    ACTIVE_STATUSES,
+    ALLOWED_TRANSITIONS,
+    TERMINAL_STATUSES,
+    JobStatus,
+    JobTransition,
+    TrackedJob,
+    can_transition,
+)
+from models.providers import ProviderState
+from models.webhooks import DeliveryStatus, WebhookAttempt, WebhookDelivery
+
+metadata = Base.metadata
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "ALLOWED_TRANSITIONS",
+    "TERMINAL_STATUSES",
+    "Base",
+    "DeliveryStatus",
+    "JobStatus",
+    "JobTransition",
+    "ProviderState",
+    "TrackedJob",
+    "UTCDateTime",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "can_transition",
+    "metadata",
+    "utcnow",
+]

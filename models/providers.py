@@ -1,0 +1,28 @@
+"""Per-provider state shared by all workers: paused on a configuration error, throttled."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Boolean, Integer, String, Text, false, func
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, UTCDateTime
+
+
+class ProviderState(Base):
+    """One row per kind once something happened to it. No row means healthy."""
+
+    __tablename__ = "provider_states"
+
+    kind: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: A configuration error (AuthFailure...) stopped polling; a probe poll resumes it.
+    paused: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    paused_reason: Mapped[str | None] = mapped_column(Text)
+    paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: While paused: when one job may be polled as a probe.
+    next_probe_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: RequestLimitExceeded backs the whole provider off until then.
+    throttled_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    consecutive_throttles: Mapped[int] = mapped_column(Integer, server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())

@@ -1,0 +1,212 @@
+"""Enqueue four ways (Python, CLI, Celery, plain SQL): one due row, bad input stores nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import create_engine, func, select, text
+
+from models import TrackedJob, utcnow
+from worker.cli import main
+from worker.db import normalize_url, session_scope
+from worker.enqueue import track
+from worker.errors import EnqueueError
+from worker.settings import Settings
+from worker.tick import claim_due
+
+
+def settings_for(url: str, tmp_path: Path, **env: str) -> Settings:
+    return Settings.from_env({"JOBTRACKER_DATABASE_URL": url, **env}, cwd=tmp_path)
+
+
+def count_rows(url: str) -> int:
+    engine = create_engine(normalize_url(url))
+    with engine.connect() as conn:
+        n = conn.execute(select(func.count()).select_from(TrackedJob)).scalar_one()
+    engine.dispose()
+    return int(n)
+
+
+def test_python_enqueue_is_idempotent_and_due(db_url: str, tmp_path: Path) -> None:
+    settings = settings_for(db_url, tmp_path)
+    first = track(
+        "video_face_fusion",
+        "C0a5EXaNR7JzGvlg",
+        callback_url="https://hooks.example.com/jobs",
+        metadata={"order": 42},
+        settings=settings,
+    )
+    again = track("video_face_fusion", "C0a5EXaNR7JzGvlg", settings=settings)
+    assert again["id"] == first["id"]
+    assert first["status"] == "pending"
+    assert first["region"] == "ap-guangzhou"
+    assert first["metadata"] == {"order": 42}
+    assert first["deadline_at"] is None or first["deadline_at"] > first["created_at"]
+    assert count_rows(db_url) == 1
+    # A different region is a different job.
+    other = track("video_face_fusion", "C0a5EXaNR7JzGvlg", region="ap-shanghai", settings=settings)
+    assert other["id"] != first["id"]
+    # Due now: the tick's claim finds both.
+    with session_scope(settings) as session:
+        claimed = claim_due(
+            session, "video_face_fusion", 10, now=utcnow() + timedelta(seconds=1), lease_s=60
+        )
+    assert {c.id for c in claimed} == {first["id"], other["id"]}
+
+
+def test_sql_insert_naming_only_kind_and_job_id_is_due(db_url: str, tmp_path: Path) -> None:
+    settings = settings_for(db_url, tmp_path)
+    engine = create_engine(normalize_url(db_url))
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO tracked_jobs (kind, job_id) VALUES ('image_animate', '1194931538865782784')")
+        )
+    engine.dispose()
+    with session_scope(settings) as session:
+        job = session.execute(select(TrackedJob)).scalar_one()
+        assert (job.status, job.region, job.polls, job.meta) == ("pending", "ap-guangzhou", 0, {})
+        assert job.next_poll_at <= utcnow() + timedelta(seconds=1)
+        claimed = claim_due(
+            session, "image_animate", 10, now=utcnow() + timedelta(seconds=1), lease_s=60
+        )
+    assert [c.id for c in claimed] == [job.id]
+    # The same job through Python finds the SQL row instead of adding one.
+    assert track("image_animate", "1194931538865782784", settings=settings)["id"] == job.id
+
+
+BAD_INPUTS: list[tuple[dict[str, Any], str]] = [
+    ({"kind": "video_fusion"}, "unknown kind"),
+    ({"job_id": ""}, "empty"),
+    ({"job_id": "   "}, "empty"),
+    ({"job_id": "x" * 129}, "129 characters"),
+    ({"job_id": "abc\x00def"}, "control character"),
+    ({"job_id": "abc\ndef"}, "whitespace"),
+    ({"job_id": "abc\u200bdef"}, "control character"),
+    ({"callback_url": "ftp://hooks.example.com/x"}, "http"),
+    ({"callback_url": "hooks.example.com/x"}, "http"),
+    ({"callback_url": "https:///path-only"}, "no host"),
+    ({"callback_url": "https://user:pw@hooks.example.com/"}, "user name or password"),
+    ({"callback_url": "https://hooks.example.com:99999/"}, "invalid port"),
+    ({"metadata": [1, 2]}, "JSON object"),
+    ({"metadata": "not json"}, "not valid JSON"),
+    ({"metadata": '"a string"'}, "JSON object"),
+    ({"metadata": {"blob": "x" * 20000}}, "limit"),
+    ({"metadata": {"f": float("nan")}}, "JSON"),
+    ({"region": "Guangzhou"}, "region"),
+    ({"region": "ap guangzhou"}, "region"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_INPUTS)
+def test_bad_input_is_refused_and_stores_nothing(
+    db_url: str, tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    settings = settings_for(db_url, tmp_path)
+    args: dict[str, Any] = {"kind": "image_animate", "job_id": "1194931538865782784", **change}
+    with pytest.raises(EnqueueError, match=message):
+        track(**args, settings=settings)
+    assert count_rows(db_url) == 0
+
+
+def _cli_args(change: dict[str, Any]) -> list[str]:
+    args = [change.get("kind", "image_animate"), change.get("job_id", "1194931538865782784")]
+    for name in ("callback_url", "region", "metadata"):
+        if name in change:
+            value = change[name]
+            args += [f"--{name.replace('_', '-')}", value if isinstance(value, str) else json.dumps(value)]
+    return args
+
+
+@pytest.mark.parametrize(("change", "message"), [c for c in BAD_INPUTS if "nan" not in repr(c[0])])
+def test_cli_refuses_bad_input_with_exit_code_2(
+    sqlite_url: str, tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    if "\x00" in str(change.get("job_id", "")):
+        pytest.skip("a NUL byte cannot be passed in argv")
+    result = CliRunner().invoke(
+        main, ["enqueue", *_cli_args(change)], env={"JOBTRACKER_DATABASE_URL": sqlite_url}
+    )
+    assert result.exit_code == 2, result.output
+    assert message.lower() in result.output.lower()
+    assert len(result.output.strip().splitlines()) == 1
+    assert count_rows(sqlite_url) == 0
+
+
+def test_cli_enqueue_prints_the_job_as_json_in_a_real_process(db_url: str, tmp_path: Path) -> None:
+    env = {**os.environ, "JOBTRACKER_DATABASE_URL": db_url}
+    command = [
+        sys.executable, "-m", "worker.cli", "enqueue", "video_face_fusion", "JOB-1",
+        "--callback-url", "http://127.0.0.1:9/hook", "--region", "ap-beijing",
+        "--metadata", '{"user": 7}',
+    ]  # fmt: skip
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    job = json.loads(first.stdout)
+    assert (job["kind"], job["job_id"], job["region"]) == ("video_face_fusion", "JOB-1", "ap-beijing")
+    assert job["metadata"] == {"user": 7}
+    assert job["callback_url"] == "http://127.0.0.1:9/hook"
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert json.loads(second.stdout)["id"] == job["id"]
+    assert count_rows(db_url) == 1
+    bad = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "enqueue", "nope", "J"],
+        env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("jobtracker: unknown kind")
+
+
+def test_celery_send_task_enqueues_through_a_real_broker(
+    pg_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """Another service's ``send_task("jobtracker.track", ...)`` over Redis reaches the table."""
+    from celery import Celery
+    from celery.contrib.testing.worker import start_worker
+
+    from worker.app import app, celery_config
+    from worker.settings import reset_settings
+
+    env = {"JOBTRACKER_DATABASE_URL": pg_url, "JOBTRACKER_BROKER_URL": redis_url}
+    settings = Settings.from_env(env, cwd=tmp_path)
+    os.environ.update(env)
+    reset_settings()
+    app.conf.update(celery_config(settings))
+    try:
+        with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False):
+            caller = Celery("other-service", broker=redis_url)
+            caller.send_task(
+                "jobtracker.track",
+                kwargs={"kind": "image_animate", "job_id": "from-celery", "metadata": {"a": 1}},
+                queue="jobtracker",
+            )
+            caller.send_task(
+                "jobtracker.track", kwargs={"kind": "bogus", "job_id": "x"}, queue="jobtracker"
+            )
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and count_rows(pg_url) < 1:
+                time.sleep(0.1)
+            # The same job again (without metadata): the first row stays as it was.
+            caller.send_task(
+                "jobtracker.track",
+                kwargs={"kind": "image_animate", "job_id": "from-celery"},
+                queue="jobtracker",
+            )
+            time.sleep(1.0)  # let the duplicate and the bad message be processed too
+    finally:
+        for key in env:
+            os.environ.pop(key, None)
+        reset_settings()
+    with session_scope(settings) as session:
+        jobs = session.execute(select(TrackedJob)).scalars().all()
+        assert [(j.kind, j.job_id, j.meta) for j in jobs] == [
+            ("image_animate", "from-celery", {"a": 1})
+        ]

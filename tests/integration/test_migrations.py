@@ -1,0 +1,113 @@
+"""The migrations build exactly the models' schema, and undo it, on both backends."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
+
+import models
+from tests import services
+from worker.db import dispose_engines, normalize_url
+from worker.migrate import current_revision, downgrade, head_revision, upgrade
+from worker.settings import Settings
+
+TABLES = {"tracked_jobs", "job_transitions", "webhook_deliveries", "webhook_attempts", "provider_states"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        dispose_engines()
+        return
+    services.require("PostgreSQL", services.pg_error())
+    name = services.unique_name("jt_migr")
+    url = services.create_database(name)
+    yield url
+    dispose_engines()
+    services.drop_database(name)
+
+
+def _diff(url: str) -> list[object]:
+    engine = create_engine(normalize_url(url))
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn, opts={"compare_type": True, "compare_server_default": True}
+            )
+            return list(compare_metadata(context, models.metadata))
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_matches_the_models_and_downgrade_removes_everything(empty_db: str) -> None:
+    settings = Settings.from_env({"JOBTRACKER_DATABASE_URL": empty_db})
+    upgrade("head", settings)
+    assert current_revision(settings) == head_revision()
+    assert _diff(empty_db) == []
+
+    engine = create_engine(normalize_url(empty_db))
+    with engine.connect() as conn:
+        assert TABLES <= set(inspect(conn).get_table_names())
+        indexes = {ix["name"] for ix in inspect(conn).get_indexes("tracked_jobs")}
+        assert "ix_tracked_jobs_due" in indexes
+    engine.dispose()
+
+    downgrade("base", settings)
+    dispose_engines()
+    engine = create_engine(normalize_url(empty_db))
+    with engine.connect() as conn:
+        assert not TABLES & set(inspect(conn).get_table_names())
+    engine.dispose()
+    upgrade("head", settings)  # and back up again: downgrade left nothing behind
+    assert current_revision(settings) == head_revision()
+
+
+def test_the_due_index_is_partial_and_used(db_url: str) -> None:
+    """The tick's claim reads the partial index, not the whole table."""
+    engine = create_engine(normalize_url(db_url))
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SET enable_seqscan = off"))
+            plan = "\n".join(
+                row[0]
+                for row in conn.execute(
+                    text(
+                        "EXPLAIN SELECT id FROM tracked_jobs WHERE status IN "
+                        "('pending', 'queued', 'running') AND next_poll_at <= now() "
+                        "ORDER BY next_poll_at LIMIT 10"
+                    )
+                )
+            )
+        else:
+            plan = "\n".join(
+                str(row[-1])
+                for row in conn.execute(
+                    text(
+                        "EXPLAIN QUERY PLAN SELECT id FROM tracked_jobs WHERE status IN "
+                        "('pending', 'queued', 'running') AND next_poll_at <= '2030-01-01' "
+                        "ORDER BY next_poll_at LIMIT 10"
+                    )
+                )
+            )
+    engine.dispose()
+    assert "ix_tracked_jobs_due" in plan
+
+
+def test_the_database_refuses_bad_rows(db_url: str) -> None:
+    engine = create_engine(normalize_url(db_url))
+    bad = [
+        "INSERT INTO tracked_jobs (kind, job_id, status) VALUES ('image_animate', 'a', 'done')",
+        "INSERT INTO tracked_jobs (kind, job_id) VALUES ('image_animate', '')",
+        "INSERT INTO tracked_jobs (kind, job_id, status) VALUES ('image_animate', 'b', 'failed')",
+        "INSERT INTO tracked_jobs (kind, job_id, polls) VALUES ('image_animate', 'c', -1)",
+    ]
+    for statement in bad:
+        with pytest.raises(Exception, match="(?i)constraint|check"), engine.begin() as conn:
+            conn.execute(text(statement))
+    engine.dispose()

@@ -1,0 +1,96 @@
+"""Real PostgreSQL and Redis for the tests: throwaway databases, found or refused loudly.
+
+A missing service skips the tests that need it on a developer's machine, but fails them under
+``CI=true``, where a skip would hide that nothing was tested (dramatiq's ``check_redis``).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+PG_ADMIN_URL = os.environ.get(
+    "JOBTRACKER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("JOBTRACKER_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(service: str, error: BaseException | None) -> None:
+    if error is None:
+        return
+    message = f"{service} is not reachable: {error}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: a missing service fails the run)", pytrace=False)
+    pytest.skip(message)
+
+
+def pg_error() -> BaseException | None:
+    import psycopg
+
+    try:
+        with psycopg.connect(_libpq(PG_ADMIN_URL), connect_timeout=3):
+            return None
+    except psycopg.Error as exc:
+        return exc
+
+
+def redis_error() -> BaseException | None:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+        return None
+    except redis.RedisError as exc:
+        return exc
+
+
+def _libpq(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://")
+
+
+def pg_url(dbname: str) -> str:
+    base, _, _ = PG_ADMIN_URL.rpartition("/")
+    return f"{base}/{dbname}"
+
+
+def _admin(sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(_libpq(PG_ADMIN_URL), autocommit=True) as conn:
+        conn.execute(sql)  # type: ignore[arg-type]
+
+
+def create_database(name: str, template: str | None = None) -> str:
+    _admin(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+    return pg_url(name)
+
+
+def drop_database(name: str) -> None:
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+
+@contextmanager
+def redis_db() -> Iterator[str]:
+    """A Redis DB number nobody else uses right now, flushed before and after."""
+    import redis
+
+    for number in range(15, 0, -1):
+        client = redis.Redis.from_url(f"{REDIS_URL}/{number}")
+        # Claim the DB with a marker key; an empty DB without a marker is free.
+        if client.dbsize() == 0 and client.set("jobtracker-test-owner", os.getpid(), nx=True):
+            try:
+                yield f"{REDIS_URL}/{number}"
+            finally:
+                client.flushdb()
+                client.close()
+            return
+    raise RuntimeError("no free Redis DB number (1-15) for the tests")

@@ -1,0 +1,12 @@
+"""jobtracker: tracks asynchronous Tencent Cloud jobs and fires signed completion callbacks.
+
+``celery -A worker worker`` and ``celery -A worker beat`` find the Celery app here. Other Python
+services enqueue with :func:`track`.
+"""
+
+from __future__ import annotations
+
+from worker.app import app
+from worker.enqueue import track
+
+__all__ = ["app", "track"]

@@ -1,0 +1,70 @@
+"""The Celery app. Configuration is derived from :class:`~worker.settings.Settings` lazily, so
+importing ``worker`` reads no environment and opens no connection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from worker.settings import Settings, get_settings
+
+QUEUE = "jobtracker"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings for jobtracker's workload: short I/O-bound tasks, re-derivable messages."""
+    config: dict[str, Any] = {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        "task_default_queue": QUEUE,
+        # Every message can be re-derived from the database, so results are never stored and
+        # a message is acknowledged only after its task ran (a killed worker's batch comes back).
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        # Polls and deliveries wait on the network: threads, not processes.
+        "worker_pool": "threads",
+        "worker_concurrency": settings.worker_concurrency,
+        "worker_hijack_root_logger": False,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "timezone": "UTC",
+        "enable_utc": True,
+        # The schedule holds only fixed intervals: nothing worth persisting to a file.
+        "beat_scheduler": "celery.beat:Scheduler",
+        "beat_schedule": {
+            "jobtracker-tick": {"task": "jobtracker.tick", "schedule": settings.tick_seconds},
+            "jobtracker-sweep-deliveries": {
+                "task": "jobtracker.sweep_deliveries",
+                "schedule": max(settings.tick_seconds, 5.0),
+            },
+        },
+        # Stale tick messages (e.g. queued while every worker was down) are worthless.
+        "task_annotations": {
+            "jobtracker.tick": {"expires": settings.tick_seconds * 2},
+            "jobtracker.sweep_deliveries": {"expires": max(settings.tick_seconds, 5.0) * 2},
+        },
+    }
+    if settings.embedded_broker:
+        folder = settings.broker_dir
+        for sub in ("queue", "processed", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        config["broker_transport_options"] = {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
+            "store_processed": False,
+            "polling_interval": 0.1,
+        }
+    else:
+        # A message unacknowledged this long is redelivered (Redis); leases protect the rest.
+        config["broker_transport_options"] = {"visibility_timeout": 3600}
+    return config
+
+
+app = Celery("jobtracker", include=["worker.tasks"])
+app.add_defaults(lambda: celery_config(get_settings()))

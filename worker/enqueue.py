@@ -1,0 +1,195 @@
+"""Enqueue: validate a request and insert its ``tracked_jobs`` row, idempotently.
+
+Every way in (Celery ``jobtracker.track``, :func:`track`, the CLI) goes through
+:func:`validate` and :func:`insert_job`, so they refuse the same inputs with the same messages.
+A plain SQL INSERT relies on the table's defaults and constraints instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from models import TrackedJob
+from worker.db import session_scope
+from worker.errors import EnqueueError
+from worker.providers.table import PROVIDERS
+from worker.settings import REGION_RE, Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+MAX_JOB_ID_CHARS = 128
+#: Metadata travels in every callback; keep it small.
+MAX_METADATA_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class EnqueueRequest:
+    """A validated request to track one job."""
+
+    kind: str
+    job_id: str
+    region: str
+    callback_url: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def validate(
+    kind: Any,
+    job_id: Any,
+    *,
+    callback_url: Any = None,
+    region: Any = None,
+    metadata: Any = None,
+    default_region: str,
+) -> EnqueueRequest:
+    """Check a request; raise :class:`EnqueueError` with a one-line message if it is bad."""
+    if not isinstance(kind, str) or kind not in PROVIDERS:
+        known = ", ".join(PROVIDERS)
+        raise EnqueueError(f"unknown kind {kind!r}: use one of {known}")
+    return EnqueueRequest(
+        kind=kind,
+        job_id=_validate_job_id(job_id),
+        region=_validate_region(default_region if region is None else region),
+        callback_url=None if callback_url is None else _validate_callback(callback_url),
+        metadata=_validate_metadata(metadata),
+    )
+
+
+def _validate_job_id(job_id: Any) -> str:
+    if not isinstance(job_id, str):
+        raise EnqueueError(f"job_id must be a string, not {type(job_id).__name__}")
+    if not job_id.strip():
+        raise EnqueueError("job_id is empty")
+    if len(job_id) > MAX_JOB_ID_CHARS:
+        raise EnqueueError(f"job_id is {len(job_id)} characters long; the limit is {MAX_JOB_ID_CHARS}")
+    for char in job_id:
+        if char.isspace():
+            raise EnqueueError(f"job_id {job_id!r} contains whitespace")
+        if unicodedata.category(char).startswith("C"):
+            raise EnqueueError(f"job_id {job_id!r} contains a control character")
+    return job_id
+
+
+def _validate_region(region: Any) -> str:
+    if not isinstance(region, str) or not REGION_RE.match(region):
+        raise EnqueueError(f"region {region!r} is not a Tencent region name such as ap-guangzhou")
+    return region
+
+
+def _validate_callback(url: Any) -> str:
+    if not isinstance(url, str):
+        raise EnqueueError(f"callback_url must be a string, not {type(url).__name__}")
+    # Syntax only: addresses are checked when the callback is sent, since DNS can change.
+    parts = urlsplit(url)
+    # Checked first so that no later message echoes a password.
+    if parts.username is not None or parts.password is not None:
+        raise EnqueueError("callback_url must not carry a user name or password")
+    if parts.scheme not in ("http", "https"):
+        raise EnqueueError(f"callback_url {url!r} must be an http:// or https:// URL")
+    if not parts.hostname:
+        raise EnqueueError(f"callback_url {url!r} has no host")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise EnqueueError(f"callback_url {url!r} has an invalid port") from None
+    if len(url) > 2048 or any(c.isspace() or ord(c) < 32 for c in url):
+        raise EnqueueError("callback_url is over 2048 characters or contains whitespace")
+    return url
+
+
+def _validate_metadata(metadata: Any) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if isinstance(metadata, str):
+        try:
+            metadata = json.loads(metadata)
+        except json.JSONDecodeError as exc:
+            raise EnqueueError(f"metadata is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    if not isinstance(metadata, dict):
+        raise EnqueueError(f"metadata must be a JSON object, not {_json_type(metadata)}")
+    try:
+        encoded = json.dumps(metadata, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise EnqueueError(f"metadata is not JSON-serializable: {exc}") from None
+    size = len(encoded.encode())
+    if size > MAX_METADATA_BYTES:
+        raise EnqueueError(f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}")
+    # Round-trip so the stored value is plain JSON (no tuples, no non-str keys).
+    result: dict[str, Any] = json.loads(encoded)
+    return result
+
+
+def _json_type(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number" if isinstance(value, int | float) else type(value).__name__
+    )
+
+
+def insert_job(session: Session, request: EnqueueRequest) -> tuple[TrackedJob, bool]:
+    """Insert the row unless (kind, region, job_id) exists; return it and whether it is new."""
+    values = {
+        "kind": request.kind,
+        "region": request.region,
+        "job_id": request.job_id,
+        "callback_url": request.callback_url,
+        "meta": request.metadata,
+    }
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = (
+        insert(TrackedJob)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["kind", "region", "job_id"])
+        .returning(TrackedJob.id)
+    )
+    new_id = session.execute(stmt).scalar_one_or_none()
+    job = session.execute(
+        select(TrackedJob).where(
+            TrackedJob.kind == request.kind,
+            TrackedJob.region == request.region,
+            TrackedJob.job_id == request.job_id,
+        )
+    ).scalar_one()
+    return job, new_id is not None
+
+
+def track(
+    kind: str,
+    job_id: str,
+    callback_url: str | None = None,
+    region: str | None = None,
+    metadata: dict[str, Any] | str | None = None,
+    *,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Start tracking a provider job; return the tracked job as a dict.
+
+    Idempotent on (kind, region, job_id): a second call returns the existing row unchanged.
+    Raises :class:`~worker.errors.EnqueueError` for bad input, storing nothing.
+    """
+    settings = settings or get_settings()
+    request = validate(
+        kind,
+        job_id,
+        callback_url=callback_url,
+        region=region,
+        metadata=metadata,
+        default_region=settings.region,
+    )
+    with session_scope(settings) as session:
+        job, created = insert_job(session, request)
+        result = job.to_dict()
+    log.info(
+        "job enqueued" if created else "job already tracked",
+        extra={"kind": request.kind, "job_id": request.job_id, "tracked_job_id": result["id"]},
+    )
+    return result

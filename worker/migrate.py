@@ -1,0 +1,68 @@
+"""Alembic, driven from code: ``jobtracker db upgrade`` and friends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from worker.db import normalize_url
+from worker.settings import Settings, get_settings
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def alembic_config(settings: Settings | None = None, database_url: str | None = None) -> Config:
+    url = database_url or (settings or get_settings()).database_url
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # ConfigParser interpolation would choke on '%' in URL-encoded passwords.
+    config.set_main_option("sqlalchemy.url", normalize_url(url).replace("%", "%%"))
+    return config
+
+
+def upgrade(revision: str = "head", settings: Settings | None = None) -> None:
+    command.upgrade(alembic_config(settings), revision)
+
+
+def downgrade(revision: str, settings: Settings | None = None) -> None:
+    command.downgrade(alembic_config(settings), revision)
+
+
+def current_revision(settings: Settings | None = None) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    from worker.db import get_engine
+
+    with get_engine(settings).connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config(database_url="sqlite://")).get_current_head()
+
+
+def ensure_schema(settings: Settings | None = None) -> None:
+    """Make sure the database is at the newest revision before using it.
+
+    The embedded SQLite default is upgraded on the spot (nobody else shares it); any other
+    database must be upgraded by an operator (``jobtracker db upgrade``), so a deploy never
+    migrates a shared database by accident.
+    """
+    from worker.db import get_engine
+    from worker.errors import ConfigError
+
+    settings = settings or get_settings()
+    current, head = current_revision(settings), head_revision()
+    if current == head:
+        return
+    if get_engine(settings).dialect.name == "sqlite":
+        upgrade("head", settings)
+        return
+    raise ConfigError(
+        f"the database is at revision {current or 'none (empty)'}, this jobtracker needs {head}: "
+        "run `jobtracker db upgrade`"
+    )

@@ -1,0 +1,1 @@
+"""Tencent Cloud job-query providers: the declarative table, signed calls, normalized answers."""
