@@ -1,0 +1,135 @@
+"""Answers shaped like the real API's, built from the provider table (no per-kind code)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from models.jobs import JobStatus
+from worker.errors import JobCanceled, JobFailed, JobNotFound, ProviderError
+from worker.providers.table import COMMON_ERROR_CODES, ProviderSpec
+from worker.simulator.lifecycle import Step
+
+JSON_CONTENT_TYPE = "application/json"
+HTML_502 = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n"
+)
+
+#: Plausible values for result fields that are not URLs (VideoFaceFusionOutput's).
+_SAMPLE_VALUES: dict[str, Any] = {
+    "Width": 720,
+    "Height": 1280,
+    "FPS": 25,
+    "DurationInSec": 15.079999923706,
+    "Frame": 375,
+}
+
+_STEP_STATUS = {
+    "queued": JobStatus.QUEUED,
+    "running": JobStatus.RUNNING,
+    "slow": JobStatus.RUNNING,
+    "done": JobStatus.SUCCEEDED,
+    "failed": JobStatus.FAILED,
+}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One HTTP answer; ``drop`` closes the connection without one."""
+
+    status: int = 200
+    content_type: str = JSON_CONTENT_TYPE
+    body: bytes = b""
+    drop: bool = False
+
+
+def error_body(code: str, message: str, request_id: str) -> dict[str, Any]:
+    return {"Response": {"Error": {"Code": code, "Message": message}, "RequestId": request_id}}
+
+
+def code_for(spec: ProviderSpec, cls: type[ProviderError], fallback: str) -> str:
+    """The API's own code of an error class (its not-found code...), else ``fallback``."""
+    for table in (spec.error_codes, COMMON_ERROR_CODES):
+        for code, known in table.items():
+            if known is cls and not code.endswith("*"):
+                return code
+    return fallback
+
+
+def render(
+    spec: ProviderSpec, step: Step, *, job_id: str, request_id: str, content_type: str
+) -> Reply:
+    """The reply for one poll of ``job_id`` playing ``step``."""
+    name = step.name
+    if name == "drop":
+        return Reply(drop=True)
+    if name == "html502":
+        return Reply(status=502, content_type="text/html", body=HTML_502)
+    if name == "junk":
+        return Reply(content_type=content_type, body=b'{"Response": {"Status": "DONE", oops')
+    if name == "noresponse":
+        return _json({"RequestId": request_id, "Result": "ok"}, content_type)
+    errors = {
+        "throttle": ("RequestLimitExceeded", "Your requests exceed the frequency limit."),
+        "internal": ("InternalError", "An internal error has occurred. Retry your request."),
+        "notfound": (
+            code_for(spec, JobNotFound, "FailedOperation.JobNotFound"),
+            "The task does not exist.",
+        ),
+        "canceled": (
+            code_for(spec, JobCanceled, "FailedOperation.JobHasBeenCanceled"),
+            "The task has been canceled. Please submit the task again.",
+        ),
+        "error": (step.code or "InternalError", f"Simulated error {step.code}."),
+    }
+    if name in errors:
+        code, message = errors[name]
+        return _json(error_body(code, message, request_id), content_type)
+    return _json({"Response": _status_body(spec, step, job_id, request_id)}, content_type)
+
+
+def _status_body(spec: ProviderSpec, step: Step, job_id: str, request_id: str) -> dict[str, Any]:
+    body: dict[str, Any] = {"RequestId": request_id}
+    if step.name == "badstatus":
+        known = list(spec.status_values)
+        raw: Any = max(k for k in known if isinstance(k, int)) + 90 if _ints(known) else "PAUSED"
+        _put(body, spec.status_field, raw)
+        return body
+    status = _STEP_STATUS[step.name]
+    _put(body, spec.status_field, spec.raw_status(status))
+    failed = status == JobStatus.FAILED
+    failure_code = step.code or code_for(spec, JobFailed, "FailedOperation.Unknown")
+    _put(body, spec.error_code_field, failure_code if failed else "")
+    _put(body, spec.error_message_field, f"Simulated failure {failure_code}." if failed else "")
+    for key, path in spec.result.fields.items():
+        value = _sample(key, job_id) if status == JobStatus.SUCCEEDED else None
+        _put(body, path, value)
+    return body
+
+
+def _ints(values: list[Any]) -> bool:
+    return any(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
+def _sample(key: str, job_id: str) -> Any:
+    digest = hashlib.md5(job_id.encode("utf-8")).hexdigest()
+    if key.endswith("MD5"):
+        return digest.upper()
+    if key in _SAMPLE_VALUES:
+        return _SAMPLE_VALUES[key]
+    return f"https://simulator-1250000000.cos.ap-guangzhou.myqcloud.com/{key}/{digest}.mp4"
+
+
+def _put(body: dict[str, Any], path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    node = body
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def _json(payload: dict[str, Any], content_type: str) -> Reply:
+    return Reply(content_type=content_type, body=json.dumps(payload).encode("utf-8"))
