@@ -1,0 +1,166 @@
+"""Callback URL checks. Names are resolved through a stubbed getaddrinfo; literals need no DNS."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from worker.errors import UnsafeCallbackURL
+from worker.webhooks.urls import (
+    CallbackResolutionError,
+    check_url,
+    resolve_callback_url,
+    validate_callback_url,
+)
+
+AddrInfo = list[tuple[Any, ...]]
+
+
+def fake_dns(
+    monkeypatch: pytest.MonkeyPatch, table: dict[str, list[str]]
+) -> Callable[..., AddrInfo]:
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: str, port: Any, *args: Any, **kwargs: Any) -> AddrInfo:
+        if host not in table:
+            return real(host, port, *args, **kwargs)
+        if not table[host]:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [
+            (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))
+            for a in table[host]
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return getaddrinfo
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://hooks.example.com/jobtracker?token=abc",
+        "http://127.0.0.1:8080/cb",
+        "http://10.1.2.3/cb",
+        "HTTPS://EXAMPLE.COM",
+        "http://[2001:db8::1]:8443/x",
+        "  http://example.com/padded  ",
+    ],
+)
+def test_valid_callback_urls(url: str) -> None:
+    assert validate_callback_url(url) == url.strip()
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("ftp://example.com/x", "scheme"),
+        ("file:///etc/passwd", "scheme"),
+        ("example.com/callback", "scheme"),
+        ("http://", "no host"),
+        ("http:///path", "no host"),
+        ("https://user:pass@example.com/", "user name or password"),
+        ("https://token@example.com/", "user name or password"),
+        ("http://example.com:99999/", "malformed"),
+        ("http://example.com:0/", "port"),
+        ("http://example.com:http/", "malformed"),
+        ("http://exa mple.com/", "whitespace"),
+        ("http://example.com/\r\nX-Injected: 1", "whitespace"),
+        ("", "empty"),
+        ("http://example.com/" + "a" * 2100, "longer"),
+        ("http://169.254.169.254/latest/meta-data/", "link-local"),
+        ("http://[fe80::1]/", "link-local"),
+        ("http://[fe80::1%25eth0]/", "link-local"),
+        ("http://100.100.100.200/", "metadata"),
+        ("http://[fd00:ec2::254]/", "metadata"),
+        ("http://[::ffff:169.254.169.254]/", "link-local"),
+        ("http://0.0.0.0:8000/", "unspecified"),
+        ("http://[::]/", "unspecified"),
+        ("http://224.0.0.1/", "multicast"),
+        ("http://255.255.255.255/", "reserved"),
+    ],
+)
+def test_refused_callback_urls_say_why(url: str, reason: str) -> None:
+    with pytest.raises(UnsafeCallbackURL, match=reason):
+        validate_callback_url(url)
+
+
+def test_unsafe_url_is_a_value_error_for_enqueue_code() -> None:
+    with pytest.raises(ValueError):
+        validate_callback_url("ftp://x")
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "10.0.0.5", "192.168.1.1", "::1", "fc00::1"])
+def test_private_addresses_are_allowed_by_default(address: str) -> None:
+    host = f"[{address}]" if ":" in address else address
+    check_url(f"http://{host}:9/", block_private=False)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "10.0.0.5",
+        "172.16.0.1",
+        "192.168.1.1",
+        "100.64.0.1",
+        "::1",
+        "fc00::1",
+        "fd12:3456::1",
+        "::ffff:10.0.0.1",
+        "192.0.2.10",
+    ],
+)
+def test_block_private_refuses_non_global_addresses(address: str) -> None:
+    host = f"[{address}]" if ":" in address else address
+    with pytest.raises(UnsafeCallbackURL, match="BLOCK_PRIVATE"):
+        check_url(f"http://{host}/", block_private=True)
+
+
+def test_public_address_passes_block_private() -> None:
+    resolved = resolve_callback_url("https://93.184.216.34/cb", block_private=True)
+    assert resolved.addresses == ("93.184.216.34",)
+    assert (resolved.scheme, resolved.port) == ("https", 443)
+
+
+def test_host_resolving_to_metadata_is_refused_even_when_private_allowed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake_dns(monkeypatch, {"evil.example": ["93.184.216.34", "169.254.169.254"]})
+    with pytest.raises(UnsafeCallbackURL) as info:
+        check_url("http://evil.example/cb", block_private=False)
+    assert "evil.example resolves to 169.254.169.254" in str(info.value)
+
+
+def test_resolution_keeps_every_checked_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_dns(monkeypatch, {"svc.internal": ["10.0.0.7", "10.0.0.8", "10.0.0.7"]})
+    resolved = resolve_callback_url("http://svc.internal:8080/cb", block_private=False)
+    assert resolved.host == "svc.internal"
+    assert resolved.port == 8080
+    assert resolved.addresses == ("10.0.0.7", "10.0.0.8")
+    with pytest.raises(UnsafeCallbackURL, match=r"svc\.internal resolves to 10\.0\.0\.7"):
+        check_url("http://svc.internal:8080/cb", block_private=True)
+
+
+def test_unknown_host_is_a_transient_resolution_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_dns(monkeypatch, {"nowhere.example": []})
+    with pytest.raises(CallbackResolutionError, match=r"cannot resolve nowhere\.example"):
+        check_url("http://nowhere.example/", block_private=False)
+
+
+def test_slow_resolver_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+
+    def hanging(*args: Any, **kwargs: Any) -> AddrInfo:
+        release.wait(10)
+        raise socket.gaierror("late")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging)
+    try:
+        with pytest.raises(CallbackResolutionError, match=r"longer than 0\.2 s"):
+            check_url("http://slow.example/", block_private=False, timeout_s=0.2)
+    finally:
+        release.set()

@@ -1,0 +1,220 @@
+"""The HTTP session callbacks go through: pinned addresses and a total deadline.
+
+requests resolves the host again when it connects, so checking a URL's addresses first and then
+calling ``requests.post(url)`` leaves a window for DNS rebinding (a name that answers a public
+address to the check and 169.254.169.254 to the connect). Here the connection classes take the
+addresses from the current :class:`Route` instead of resolving; the Host header, TLS SNI and the
+certificate check still use the host name. A connection whose peer is not one of the route's
+addresses is refused, so if a urllib3 upgrade ever bypassed the pin, sends would fail loudly
+rather than go unpinned.
+
+requests' read timeout applies to each socket read, so a receiver that trickles bytes can hold a
+worker forever. :class:`Watchdog` shuts the attempt's sockets down at the deadline, which ends any
+blocked read.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from requests.adapters import DEFAULT_POOLBLOCK, HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import NewConnectionError
+
+from worker.webhooks.urls import ResolvedURL
+
+
+class Watchdog:
+    """Shuts down every watched socket once ``timeout_s`` has passed since :meth:`start`."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._timer = threading.Timer(max(0.0, timeout_s), self._fire)
+        self._timer.daemon = True
+        self.fired = False
+
+    def start(self) -> None:
+        self._timer.start()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self.fired:
+                _shutdown(sock)
+            else:
+                self._sockets.append(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            for sock in self._sockets:
+                _shutdown(sock)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where the current attempt may connect."""
+
+    host: str
+    addresses: tuple[str, ...]
+    watchdog: Watchdog
+
+
+_ROUTE: ContextVar[Route | None] = ContextVar("jobtracker_webhook_route", default=None)
+
+
+@contextmanager
+def pinned(resolved: ResolvedURL, *, deadline_s: float) -> Iterator[Watchdog]:
+    """Within the block, sessions from :func:`make_session` connect only to ``resolved``'s
+    addresses, and their sockets are shut down ``deadline_s`` from now."""
+    watchdog = Watchdog(deadline_s)
+    token = _ROUTE.set(Route(resolved.host, resolved.addresses, watchdog))
+    watchdog.start()
+    try:
+        yield watchdog
+    finally:
+        watchdog.cancel()
+        _ROUTE.reset(token)
+
+
+class PinnedAdapter(HTTPAdapter):
+    """An adapter whose connections honour the current :class:`Route`."""
+
+    def init_poolmanager(
+        self,
+        connections: int,
+        maxsize: int,
+        block: bool = DEFAULT_POOLBLOCK,
+        **pool_kwargs: Any,
+    ) -> None:
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _PinnedHTTPConnectionPool,
+            "https": _PinnedHTTPSConnectionPool,
+        }
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        # A proxy resolves the host itself, which would defeat the address check.
+        raise requests.exceptions.InvalidProxyURL("callbacks are never sent through a proxy")
+
+
+def make_session() -> requests.Session:
+    """A session for callbacks: pinned connections, no proxies or .netrc from the environment."""
+    session = requests.Session()
+    # trust_env would add proxies and .netrc credentials from the host environment.
+    session.trust_env = False
+    adapter = PinnedAdapter(max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def _current_route(conn: HTTPConnection) -> Route:
+    route = _ROUTE.get()
+    if route is None:
+        raise RuntimeError("a webhook session connects only inside transport.pinned()")
+    if conn.host.strip("[]").rstrip(".").lower() != route.host:
+        raise RuntimeError(f"connection to {conn.host} is not the pinned host {route.host}")
+    return route
+
+
+def _pinned_socket(conn: HTTPConnection, new_conn: Callable[[], socket.socket]) -> socket.socket:
+    route = _current_route(conn)
+    # urllib3 dials ``_dns_host``; ``host`` (Host header, SNI, certificate check) is read from
+    # it too, so it is swapped only while the TCP connection is made.
+    original = conn._dns_host
+    error: NewConnectionError | None = None
+    try:
+        for address in route.addresses:
+            conn._dns_host = address
+            try:
+                sock = new_conn()
+            except NewConnectionError as exc:  # refused or unreachable: try the next address
+                error = exc
+                continue
+            if not _same_address(sock.getpeername()[0], address):
+                sock.close()
+                raise NewConnectionError(conn, "connected to an address that was not checked")
+            return sock
+    finally:
+        conn._dns_host = original
+    assert error is not None  # addresses is never empty
+    raise error
+
+
+def _check_reused(conn: HTTPConnection) -> None:
+    """A kept-alive connection is reused only if it goes to one of this route's addresses."""
+    route = _current_route(conn)
+    if conn.sock is None:
+        return
+    try:
+        peer = conn.sock.getpeername()[0]
+    except OSError:
+        peer = None
+    if peer is None or not any(_same_address(peer, a) for a in route.addresses):
+        conn.close()
+        conn.connect()
+    else:
+        route.watchdog.watch(conn.sock)
+
+
+class _PinnedHTTPConnection(HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        return _pinned_socket(self, super()._new_conn)
+
+    def connect(self) -> None:
+        super().connect()
+        if self.sock is not None:
+            _current_route(self).watchdog.watch(self.sock)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _check_reused(self)
+        super().request(*args, **kwargs)
+
+
+class _PinnedHTTPSConnection(HTTPSConnection):
+    def _new_conn(self) -> socket.socket:
+        return _pinned_socket(self, super()._new_conn)
+
+    def connect(self) -> None:
+        super().connect()
+        if self.sock is not None:
+            _current_route(self).watchdog.watch(self.sock)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _check_reused(self)
+        super().request(*args, **kwargs)
+
+
+class _PinnedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _PinnedHTTPConnection
+
+
+class _PinnedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _PinnedHTTPSConnection
+
+
+def _same_address(a: str, b: str) -> bool:
+    try:
+        return ipaddress.ip_address(a.split("%", 1)[0]) == ipaddress.ip_address(b.split("%", 1)[0])
+    except ValueError:
+        return False
+
+
+def _shutdown(sock: socket.socket) -> None:
+    # socket.socket.shutdown, not SSLSocket.shutdown: the latter also drops the SSL object under
+    # the thread that is reading from it.
+    with suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
