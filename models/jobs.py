@@ -183,9 +183,7 @@ class JobTransition(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    tracked_job_id: Mapped[int] = mapped_column(
-        ForeignKey("tracked_jobs.id", ondelete="CASCADE")
-    )
+    tracked_job_id: Mapped[int] = mapped_column(ForeignKey("tracked_jobs.id", ondelete="CASCADE"))
     from_status: Mapped[str] = mapped_column(String(16))
     to_status: Mapped[str] = mapped_column(String(16))
     provider_status: Mapped[str | None] = mapped_column(String(64))

@@ -45,9 +45,7 @@ class WebhookDelivery(Base):
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    tracked_job_id: Mapped[int] = mapped_column(
-        ForeignKey("tracked_jobs.id", ondelete="CASCADE")
-    )
+    tracked_job_id: Mapped[int] = mapped_column(ForeignKey("tracked_jobs.id", ondelete="CASCADE"))
     #: ``job.succeeded``, ``job.failed``, ``job.canceled`` or ``job.expired``.
     event_type: Mapped[str] = mapped_column(String(32))
     url: Mapped[str] = mapped_column(Text)
@@ -55,9 +53,7 @@ class WebhookDelivery(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
     status: Mapped[str] = mapped_column(String(16), server_default=DeliveryStatus.PENDING.value)
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
-    next_attempt_at: Mapped[datetime | None] = mapped_column(
-        UTCDateTime, server_default=func.now()
-    )
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, server_default=func.now())
     #: A sender holds the message until then, so two senders do not post it at once.
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_status_code: Mapped[int | None] = mapped_column(Integer)

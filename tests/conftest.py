@@ -97,3 +97,14 @@ def make_settings(tmp_path: Path) -> Callable[..., object]:
         return Settings.from_env(env, cwd=tmp_path)
 
     return make
+
+
+@pytest.fixture
+def sim() -> Iterator[object]:
+    """The fake Tencent Cloud API on a loopback port; provider clients are dropped after."""
+    from worker.providers.client import clear_clients
+    from worker.simulator import Simulator
+
+    with Simulator() as simulator:
+        yield simulator
+    clear_clients()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.signals import beat_init, worker_init
 
 from worker.settings import Settings, get_settings
 
@@ -68,3 +69,22 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 app = Celery("jobtracker", include=["worker.tasks"])
 app.add_defaults(lambda: celery_config(get_settings()))
+
+
+@worker_init.connect
+def _check_worker_start(**_: Any) -> None:
+    """A worker refuses to start on an un-migrated shared database (clear message, no crash loop
+    of half-working tasks); the embedded SQLite default is migrated on the spot."""
+    from worker.logs import configure_logging
+    from worker.migrate import ensure_schema
+
+    settings = get_settings()
+    configure_logging(settings)
+    ensure_schema(settings)
+
+
+@beat_init.connect
+def _configure_beat(**_: Any) -> None:
+    from worker.logs import configure_logging
+
+    configure_logging(get_settings())

@@ -1,7 +1,8 @@
 """Logging setup: one line per event, with job context, as text or JSON lines.
 
-Context goes in ``extra={...}`` (``kind``, ``job_id``, ``tracked_job_id``, ``status``...), which both
-formats print. Nothing here ever sees a secret: callers pass identifiers, not credentials.
+Context goes in ``extra={...}`` (``kind``, ``job_id``, ``tracked_job_id``, ``status``...),
+which both formats print. Nothing here ever sees a secret: callers pass identifiers, not
+credentials.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "ta
 
 
 def _context(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
+    return {
+        k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")
+    }
 
 
 class TextFormatter(logging.Formatter):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -39,6 +42,19 @@ def current_revision(settings: Settings | None = None) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+@contextmanager
+def _file_lock(database: str | None) -> Iterator[None]:
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate-lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def head_revision() -> str | None:
     from alembic.script import ScriptDirectory
 
@@ -59,8 +75,12 @@ def ensure_schema(settings: Settings | None = None) -> None:
     current, head = current_revision(settings), head_revision()
     if current == head:
         return
-    if get_engine(settings).dialect.name == "sqlite":
-        upgrade("head", settings)
+    engine = get_engine(settings)
+    if engine.dialect.name == "sqlite":
+        # `jobtracker run` and `jobtracker enqueue` may start together on a new file.
+        with _file_lock(engine.url.database):
+            if current_revision(settings) != head:
+                upgrade("head", settings)
         return
     raise ConfigError(
         f"the database is at revision {current or 'none (empty)'}, this jobtracker needs {head}: "

@@ -79,18 +79,22 @@ class Settings:
         return bool(self.secret_id and self.secret_key)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, cwd: Path | None = None
+    ) -> Settings:
         """Read and validate the environment (``os.environ`` unless given)."""
         env = os.environ if environ is None else environ
         here = Path.cwd() if cwd is None else cwd
         reader = _Reader(env)
 
-        database_url = reader.str("JOBTRACKER_DATABASE_URL") or f"sqlite:///{here / 'jobtracker.db'}"
+        database_url = (
+            reader.text("JOBTRACKER_DATABASE_URL") or f"sqlite:///{here / 'jobtracker.db'}"
+        )
         _check_database_url(database_url)
-        broker_url = reader.str("JOBTRACKER_BROKER_URL") or EMBEDDED_BROKER
+        broker_url = reader.text("JOBTRACKER_BROKER_URL") or EMBEDDED_BROKER
         _check_broker_url(broker_url)
 
-        region = reader.str("TENCENTCLOUD_REGION") or DEFAULT_REGION
+        region = reader.text("TENCENTCLOUD_REGION") or DEFAULT_REGION
         if not REGION_RE.match(region):
             raise ConfigError(f"TENCENTCLOUD_REGION={region!r} is not a Tencent region name")
 
@@ -98,33 +102,37 @@ class Settings:
         qps = {}
         for kind, spec in PROVIDERS.items():
             name = _env_name(kind, "ENDPOINT")
-            endpoints[kind] = _check_endpoint(name, reader.str(name) or spec.default_endpoint)
+            endpoints[kind] = _check_endpoint(name, reader.text(name) or spec.default_endpoint)
             qps[kind] = reader.number(_env_name(kind, "QPS"), 20.0, minimum=0.1)
 
-        poll_min = reader.number("JOBTRACKER_POLL_INTERVAL_MIN", 5.0, minimum=0.1)
-        poll_max = reader.number("JOBTRACKER_POLL_INTERVAL_MAX", 300.0, minimum=0.1)
+        poll_min = reader.number("JOBTRACKER_POLL_INTERVAL_MIN", 5.0, minimum=0.01)
+        poll_max = reader.number("JOBTRACKER_POLL_INTERVAL_MAX", 300.0, minimum=0.01)
         if poll_max < poll_min:
             raise ConfigError(
                 f"JOBTRACKER_POLL_INTERVAL_MAX ({poll_max:g}) is below "
                 f"JOBTRACKER_POLL_INTERVAL_MIN ({poll_min:g})"
             )
 
-        log_format = (reader.str("JOBTRACKER_LOG_FORMAT") or "text").lower()
+        log_format = (reader.text("JOBTRACKER_LOG_FORMAT") or "text").lower()
         if log_format not in ("text", "json"):
             raise ConfigError(f"JOBTRACKER_LOG_FORMAT={log_format!r}: use 'text' or 'json'")
-        log_level = (reader.str("JOBTRACKER_LOG_LEVEL") or "INFO").upper()
+        log_level = (reader.text("JOBTRACKER_LOG_LEVEL") or "INFO").upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise ConfigError(f"JOBTRACKER_LOG_LEVEL={log_level!r}: use DEBUG, INFO, WARNING or ERROR")
+            raise ConfigError(
+                f"JOBTRACKER_LOG_LEVEL={log_level!r}: use DEBUG, INFO, WARNING or ERROR"
+            )
 
-        secret_id = reader.str("TENCENTCLOUD_SECRET_ID")
-        secret_key = reader.str("TENCENTCLOUD_SECRET_KEY")
+        secret_id = reader.text("TENCENTCLOUD_SECRET_ID")
+        secret_key = reader.text("TENCENTCLOUD_SECRET_KEY")
         if bool(secret_id) != bool(secret_key):
-            raise ConfigError("set both TENCENTCLOUD_SECRET_ID and TENCENTCLOUD_SECRET_KEY, or neither")
+            raise ConfigError(
+                "set both TENCENTCLOUD_SECRET_ID and TENCENTCLOUD_SECRET_KEY, or neither"
+            )
 
         return cls(
             database_url=database_url,
             broker_url=broker_url,
-            broker_dir=Path(reader.str("JOBTRACKER_BROKER_DIR") or here / ".jobtracker-broker"),
+            broker_dir=Path(reader.text("JOBTRACKER_BROKER_DIR") or here / ".jobtracker-broker"),
             region=region,
             endpoints=endpoints,
             qps=qps,
@@ -142,8 +150,10 @@ class Settings:
             ),
             connect_timeout_s=reader.number("JOBTRACKER_CONNECT_TIMEOUT", 3.0, minimum=0.1),
             read_timeout_s=reader.number("JOBTRACKER_READ_TIMEOUT", 10.0, minimum=0.1),
-            webhook_secrets=_parse_secrets(reader.str("JOBTRACKER_WEBHOOK_SECRET")),
-            webhook_retry_schedule_s=_parse_schedule(reader.str("JOBTRACKER_WEBHOOK_RETRY_SCHEDULE")),
+            webhook_secrets=_parse_secrets(reader.text("JOBTRACKER_WEBHOOK_SECRET")),
+            webhook_retry_schedule_s=_parse_schedule(
+                reader.text("JOBTRACKER_WEBHOOK_RETRY_SCHEDULE")
+            ),
             webhook_block_private=reader.flag("JOBTRACKER_WEBHOOK_BLOCK_PRIVATE"),
             log_format=log_format,
             log_level=log_level,
@@ -157,7 +167,7 @@ class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
 
-    def str(self, name: str) -> str | None:
+    def text(self, name: str) -> str | None:
         value = self.env.get(name, "").strip()
         return value or None
 
@@ -170,7 +180,7 @@ class _Reader:
         maximum: float | None = None,
         integer: bool = False,
     ) -> float:
-        raw = self.str(name)
+        raw = self.text(name)
         if raw is None:
             return default
         try:
@@ -179,12 +189,14 @@ class _Reader:
             kind = "a whole number" if integer else "a number"
             raise ConfigError(f"{name}={raw!r} is not {kind}") from None
         if value != value or value < minimum or (maximum is not None and value > maximum):
-            bound = f"between {minimum:g} and {maximum:g}" if maximum is not None else f">= {minimum:g}"
+            bound = (
+                f"between {minimum:g} and {maximum:g}" if maximum is not None else f">= {minimum:g}"
+            )
             raise ConfigError(f"{name}={raw!r} must be {bound}")
         return value
 
     def flag(self, name: str) -> bool:
-        raw = (self.str(name) or "false").lower()
+        raw = (self.text(name) or "false").lower()
         if raw in ("1", "true", "yes", "on"):
             return True
         if raw in ("0", "false", "no", "off"):
@@ -199,7 +211,9 @@ def _check_database_url(url: str) -> None:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise ConfigError(f"JOBTRACKER_DATABASE_URL is not a SQLAlchemy URL: {_redact(url)}") from None
+        raise ConfigError(
+            f"JOBTRACKER_DATABASE_URL is not a SQLAlchemy URL: {_redact(url)}"
+        ) from None
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise ConfigError(
             f"JOBTRACKER_DATABASE_URL: backend {parsed.get_backend_name()!r} is not supported "
@@ -245,10 +259,13 @@ def _parse_schedule(raw: str | None) -> tuple[float, ...]:
     try:
         values = tuple(float(part) for part in raw.split(",") if part.strip())
     except ValueError:
-        raise ConfigError(f"JOBTRACKER_WEBHOOK_RETRY_SCHEDULE={raw!r} is not a list of seconds") from None
+        raise ConfigError(
+            f"JOBTRACKER_WEBHOOK_RETRY_SCHEDULE={raw!r} is not a list of seconds"
+        ) from None
     if not values or any(v < 0 or v != v for v in values):
         raise ConfigError(
-            f"JOBTRACKER_WEBHOOK_RETRY_SCHEDULE={raw!r} must be non-negative seconds, comma-separated"
+            f"JOBTRACKER_WEBHOOK_RETRY_SCHEDULE={raw!r} must be non-negative seconds, "
+            "comma-separated"
         )
     return values
 

@@ -68,7 +68,10 @@ def test_sql_insert_naming_only_kind_and_job_id_is_due(db_url: str, tmp_path: Pa
     engine = create_engine(normalize_url(db_url))
     with engine.begin() as conn:
         conn.execute(
-            text("INSERT INTO tracked_jobs (kind, job_id) VALUES ('image_animate', '1194931538865782784')")
+            text(
+                "INSERT INTO tracked_jobs (kind, job_id) "
+                "VALUES ('image_animate', '1194931538865782784')"
+            )
         )
     engine.dispose()
     with session_scope(settings) as session:
@@ -95,7 +98,8 @@ BAD_INPUTS: list[tuple[dict[str, Any], str]] = [
     ({"callback_url": "hooks.example.com/x"}, "http"),
     ({"callback_url": "https:///path-only"}, "no host"),
     ({"callback_url": "https://user:pw@hooks.example.com/"}, "user name or password"),
-    ({"callback_url": "https://hooks.example.com:99999/"}, "invalid port"),
+    ({"callback_url": "https://hooks.example.com:99999/"}, "Port out of range"),
+    ({"callback_url": "http://169.254.169.254/latest/meta-data"}, "refused"),
     ({"metadata": [1, 2]}, "JSON object"),
     ({"metadata": "not json"}, "not valid JSON"),
     ({"metadata": '"a string"'}, "JSON object"),
@@ -122,7 +126,10 @@ def _cli_args(change: dict[str, Any]) -> list[str]:
     for name in ("callback_url", "region", "metadata"):
         if name in change:
             value = change[name]
-            args += [f"--{name.replace('_', '-')}", value if isinstance(value, str) else json.dumps(value)]
+            args += [
+                f"--{name.replace('_', '-')}",
+                value if isinstance(value, str) else json.dumps(value),
+            ]
     return args
 
 
@@ -148,13 +155,21 @@ def test_cli_enqueue_prints_the_job_as_json_in_a_real_process(db_url: str, tmp_p
         "--callback-url", "http://127.0.0.1:9/hook", "--region", "ap-beijing",
         "--metadata", '{"user": 7}',
     ]  # fmt: skip
-    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    first = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert first.returncode == 0, first.stderr
     job = json.loads(first.stdout)
-    assert (job["kind"], job["job_id"], job["region"]) == ("video_face_fusion", "JOB-1", "ap-beijing")
+    assert (job["kind"], job["job_id"], job["region"]) == (
+        "video_face_fusion",
+        "JOB-1",
+        "ap-beijing",
+    )
     assert job["metadata"] == {"user": 7}
     assert job["callback_url"] == "http://127.0.0.1:9/hook"
-    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    second = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert json.loads(second.stdout)["id"] == job["id"]
     assert count_rows(db_url) == 1
     bad = subprocess.run(

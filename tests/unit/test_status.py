@@ -15,7 +15,7 @@ ORDER = [JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING]
 
 def test_every_status_has_an_entry() -> None:
     assert set(ALLOWED_TRANSITIONS) == set(JobStatus)
-    assert ACTIVE_STATUSES | TERMINAL_STATUSES == set(JobStatus)
+    assert set(JobStatus) == ACTIVE_STATUSES | TERMINAL_STATUSES
 
 
 @pytest.mark.parametrize("terminal", sorted(TERMINAL_STATUSES))

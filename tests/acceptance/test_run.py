@@ -1,0 +1,243 @@
+"""The real ``jobtracker run`` in a subprocess against the fake provider and a real receiver."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import services
+from tests.acceptance.proc import Tracker, query, wait_until
+from worker.simulator import Simulator
+from worker.webhooks.receiver import Receiver
+
+pytestmark = pytest.mark.slow
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+#: job_id -> (terminal status, transitions)
+MIX = {
+    "succeed-3-acc": ("succeeded", "pending>queued,queued>running,running>succeeded"),
+    "fail-2-acc": ("failed", "pending>queued,queued>failed"),
+    "cancel-2-acc": ("canceled", "pending>queued,queued>canceled"),
+    "notfound-acc": ("failed", "pending>failed"),
+    "internal-2-acc": ("succeeded", "pending>succeeded"),
+    "html502-1-acc": ("succeeded", "pending>succeeded"),
+    "throttle-1-acc": ("succeeded", "pending>succeeded"),
+    "never-acc": ("expired", "pending>running,running>expired"),
+}
+TERMINAL = "('succeeded', 'failed', 'canceled', 'expired')"
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    with Simulator() as simulator:
+        simulator.script("never-acc", ["running"])
+        yield simulator
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver(secrets=[SECRET]) as rx:
+        yield rx
+
+
+@pytest.fixture(params=["embedded", "postgresql+redis"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    if request.param == "embedded":
+        return {}  # SQLite file and filesystem broker in the working directory
+    pg = request.getfixturevalue("pg_url")
+    redis_url = request.getfixturevalue("redis_url")
+    return {"JOBTRACKER_DATABASE_URL": pg, "JOBTRACKER_BROKER_URL": redis_url}
+
+
+def tracker_env(sim: Simulator, backend: dict[str, str], **extra: str) -> dict[str, str]:
+    return {
+        **sim.env(),
+        **backend,
+        "JOBTRACKER_TICK_SECONDS": "0.5",
+        "JOBTRACKER_POLL_INTERVAL_MIN": "0.2",
+        "JOBTRACKER_POLL_INTERVAL_MAX": "0.5",
+        "JOBTRACKER_NOT_FOUND_GRACE": "0",
+        "JOBTRACKER_JOB_DEADLINE": "8",
+        "JOBTRACKER_READ_TIMEOUT": "2",
+        "JOBTRACKER_LEASE_SECONDS": "3",
+        "JOBTRACKER_WEBHOOK_SECRET": SECRET,
+        "JOBTRACKER_WEBHOOK_RETRY_SCHEDULE": "0.5,1,1",
+        **extra,
+    }
+
+
+def db_url_of(env: dict[str, str], cwd: Path) -> str:
+    return env.get("JOBTRACKER_DATABASE_URL", f"sqlite:///{cwd / 'jobtracker.db'}")
+
+
+def enqueue(env: dict[str, str], cwd: Path, kind: str, job_id: str, *extra: str) -> None:
+    import os
+
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "enqueue", kind, job_id, *extra],
+        env={**os.environ, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def statuses(url: str) -> dict[str, str]:
+    return {str(j): str(s) for j, s in query(url, "SELECT job_id, status FROM tracked_jobs")}
+
+
+def histories(url: str) -> dict[str, str]:
+    rows = query(
+        url,
+        "SELECT j.job_id, t.from_status, t.to_status FROM job_transitions t "
+        "JOIN tracked_jobs j ON j.id = t.tracked_job_id ORDER BY t.id",
+    )
+    out: dict[str, list[str]] = {}
+    for job_id, a, b in rows:
+        out.setdefault(str(job_id), []).append(f"{a}>{b}")
+    return {k: ",".join(v) for k, v in out.items()}
+
+
+def all_terminal(url: str, n: int) -> bool:
+    return query(url, f"SELECT count(*) FROM tracked_jobs WHERE status IN {TERMINAL}")[0][0] == n
+
+
+def test_a_mix_of_lifecycles_ends_right_with_callbacks_then_stops_cleanly(
+    sim: Simulator, receiver: Receiver, backend: dict[str, str], tmp_path: Path
+) -> None:
+    env = tracker_env(sim, backend)
+    url = db_url_of(env, tmp_path)
+    tracker = Tracker(env, tmp_path).start()
+    try:
+        for n, job_id in enumerate(MIX):
+            kind = "video_face_fusion" if n % 2 else "image_animate"
+            enqueue(env, tmp_path, kind, job_id, "--callback-url", receiver.url)
+        wait_until(lambda: all_terminal(url, len(MIX)), 60, "every job terminal", tracker)
+        messages = receiver.wait_for(len(MIX), timeout=30)
+        assert tracker.children() == [], "jobtracker run must not fork helpers"
+        elapsed = tracker.stop(signal.SIGTERM)
+    finally:
+        tracker.kill()
+    assert elapsed < 10, f"took {elapsed:.1f} s to stop"
+    assert tracker.proc is not None and tracker.proc.returncode == 0, tracker.output()[-3000:]
+    assert statuses(url) == {job: status for job, (status, _) in MIX.items()}
+    assert histories(url) == {job: history for job, (_, history) in MIX.items()}
+    assert all(m.verified for m in messages)
+    assert sorted(m.payload["data"]["job_id"] for m in messages) == sorted(MIX)
+    assert not receiver.duplicates
+    assert TencentSecretNotLogged(sim, tracker.output())
+
+
+def TencentSecretNotLogged(sim: Simulator, output: str) -> bool:
+    secret_key = sim.env()["TENCENTCLOUD_SECRET_KEY"]
+    return secret_key not in output and SECRET not in output
+
+
+def test_sigint_also_stops_within_ten_seconds(sim: Simulator, tmp_path: Path) -> None:
+    tracker = Tracker(tracker_env(sim, {}), tmp_path).start()
+    try:
+        wait_until(lambda: "ready" in tracker.output().lower(), 30, "the worker to start", tracker)
+        elapsed = tracker.stop(signal.SIGINT)
+    finally:
+        tracker.kill()
+    assert elapsed < 10
+
+
+def test_sigkill_mid_run_loses_no_job(
+    sim: Simulator, receiver: Receiver, backend: dict[str, str], tmp_path: Path
+) -> None:
+    env = tracker_env(sim, backend, JOBTRACKER_JOB_DEADLINE="120")
+    url = db_url_of(env, tmp_path)
+    jobs = [f"succeed-6-kill{n}" for n in range(40)]
+    tracker = Tracker(env, tmp_path).start()
+    try:
+        for job_id in jobs:
+            enqueue(env, tmp_path, "image_animate", job_id, "--callback-url", receiver.url)
+        wait_until(
+            lambda: query(url, "SELECT count(*) FROM tracked_jobs WHERE polls >= 2")[0][0] >= 10,
+            60, "polling under way", tracker,
+        )  # fmt: skip
+        tracker.stop(signal.SIGKILL)
+        tracker = Tracker(env, tmp_path, name="tracker2").start()
+        wait_until(lambda: all_terminal(url, len(jobs)), 90, "every job terminal", tracker)
+        receiver.wait_for(len(jobs), timeout=60)
+        tracker.stop(signal.SIGTERM)
+    finally:
+        tracker.kill()
+    assert set(statuses(url).values()) == {"succeeded"}
+    assert set(histories(url).values()) == {"pending>queued,queued>running,running>succeeded"}
+    assert sorted(receiver.unique_ids()) == sorted(
+        str(r[0]) for r in query(url, "SELECT id FROM webhook_deliveries")
+    )
+
+
+def test_redis_flushall_mid_run_loses_no_job(
+    sim: Simulator, receiver: Receiver, pg_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    import redis
+
+    env = tracker_env(
+        sim,
+        {"JOBTRACKER_DATABASE_URL": pg_url, "JOBTRACKER_BROKER_URL": redis_url},
+        JOBTRACKER_JOB_DEADLINE="120",
+    )
+    jobs = [f"succeed-5-flush{n}" for n in range(30)]
+    tracker = Tracker(env, tmp_path).start()
+    try:
+        for job_id in jobs:
+            enqueue(env, tmp_path, "video_face_fusion", job_id, "--callback-url", receiver.url)
+        wait_until(
+            lambda: query(pg_url, "SELECT count(*) FROM tracked_jobs WHERE polls >= 2")[0][0] >= 5,
+            60, "polling under way", tracker,
+        )  # fmt: skip
+        redis.Redis.from_url(redis_url).flushdb()
+        wait_until(lambda: all_terminal(pg_url, len(jobs)), 90, "every job terminal", tracker)
+        receiver.wait_for(len(jobs), timeout=60)
+        tracker.stop(signal.SIGTERM)
+    finally:
+        tracker.kill()
+    assert set(statuses(pg_url).values()) == {"succeeded"}
+
+
+def test_a_postgresql_restart_mid_run_is_survived(
+    sim: Simulator, receiver: Receiver, pg_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    if not Path("/etc/postgresql").is_dir():
+        pytest.skip("no local PostgreSQL cluster to restart")
+    env = tracker_env(
+        sim,
+        {"JOBTRACKER_DATABASE_URL": pg_url, "JOBTRACKER_BROKER_URL": redis_url},
+        JOBTRACKER_JOB_DEADLINE="120",
+    )
+    jobs = [f"succeed-5-pg{n}" for n in range(20)]
+    tracker = Tracker(env, tmp_path).start()
+    try:
+        for job_id in jobs:
+            enqueue(env, tmp_path, "image_animate", job_id, "--callback-url", receiver.url)
+        wait_until(
+            lambda: query(pg_url, "SELECT count(*) FROM tracked_jobs WHERE polls >= 2")[0][0] >= 5,
+            60, "polling under way", tracker,
+        )  # fmt: skip
+        version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1]
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+            check=True, timeout=120,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while services.pg_error() is not None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        wait_until(lambda: all_terminal(pg_url, len(jobs)), 120, "every job terminal", tracker)
+        receiver.wait_for(len(jobs), timeout=60)
+        tracker.stop(signal.SIGTERM)
+    finally:
+        tracker.kill()
+    assert set(statuses(pg_url).values()) == {"succeeded"}
+    assert set(histories(pg_url).values()) == {"pending>queued,queued>running,running>succeeded"}

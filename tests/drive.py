@@ -1,0 +1,40 @@
+"""Driving the engine inline in tests: claim due jobs, poll each batch, until all are terminal."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+from sqlalchemy import select
+
+from models import TrackedJob
+from worker.db import session_scope
+from worker.poll import poll_batch
+from worker.settings import Settings
+from worker.tick import claim_all
+
+
+def step(settings: Settings) -> int:
+    """One tick's worth of work, done inline: claim due jobs, poll each batch."""
+    claims = claim_all(settings)
+    for kind, claimed in claims.items():
+        by_region: dict[str, list[tuple[int, datetime]]] = {}
+        for c in claimed:
+            by_region.setdefault(c.region, []).append((c.id, c.lease))
+        for region, batch in by_region.items():
+            poll_batch(kind, region, batch, settings)
+    return sum(len(c) for c in claims.values())
+
+
+def drive(settings: Settings, *, seconds: float = 15.0) -> None:
+    """Run steps until every job is terminal (or time runs out)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        step(settings)
+        with session_scope(settings) as session:
+            active = session.execute(
+                select(TrackedJob.id).where(TrackedJob.status.in_(["pending", "queued", "running"]))
+            ).all()
+        if not active:
+            return
+        time.sleep(0.05)

@@ -1,0 +1,255 @@
+"""The polling engine against the fake Tencent API over HTTP, on SQLite and PostgreSQL.
+
+These drive the engine's two halves directly (claim, then poll a batch) so every step is
+observable; tests/acceptance runs the same flow through ``jobtracker run``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from models import JobTransition, ProviderState, TrackedJob, utcnow
+from tests.drive import drive, step
+from worker.db import session_scope
+from worker.enqueue import track
+from worker.poll import poll_batch
+from worker.providers.client import clear_clients
+from worker.settings import Settings
+from worker.simulator import Simulator
+from worker.tick import claim_all
+
+
+def engine_settings(db_url: str, sim: Simulator, tmp_path: Path, **env: str) -> Settings:
+    base = {
+        "JOBTRACKER_DATABASE_URL": db_url,
+        "JOBTRACKER_POLL_INTERVAL_MIN": "0.05",
+        "JOBTRACKER_POLL_INTERVAL_MAX": "0.1",
+        "JOBTRACKER_READ_TIMEOUT": "1",
+        "JOBTRACKER_NOT_FOUND_GRACE": "0",
+        "JOBTRACKER_VIDEO_FACE_FUSION_QPS": "1000",
+        "JOBTRACKER_IMAGE_ANIMATE_QPS": "1000",
+        **sim.env(),
+        **env,
+    }
+    return Settings.from_env(base, cwd=tmp_path)
+
+
+def jobs_by_id(settings: Settings) -> dict[str, TrackedJob]:
+    with session_scope(settings) as session:
+        return {j.job_id: j for j in session.execute(select(TrackedJob)).scalars()}
+
+
+def history(settings: Settings, job: TrackedJob) -> list[tuple[str, str]]:
+    with session_scope(settings) as session:
+        rows = session.execute(
+            select(JobTransition)
+            .where(JobTransition.tracked_job_id == job.id)
+            .order_by(JobTransition.id)
+        ).scalars()
+        return [(t.from_status, t.to_status) for t in rows]
+
+
+LIFECYCLES = {
+    # job_id: (expected status, expected history, expected error code)
+    "succeed-3-a": ("succeeded", ["pending>queued", "queued>running", "running>succeeded"], None),
+    "fail-2-a": ("failed", ["pending>queued", "queued>failed"], "present"),
+    "cancel-2-a": ("canceled", ["pending>queued", "queued>canceled"], "present"),
+    "notfound-a": ("failed", ["pending>failed"], "present"),
+    "internal-2-a": ("succeeded", ["pending>succeeded"], None),
+    "html502-1-a": ("succeeded", ["pending>succeeded"], None),
+    "junk-1-a": ("succeeded", ["pending>succeeded"], None),
+    "drop-1-a": ("succeeded", ["pending>succeeded"], None),
+    "noresponse-1-a": ("succeeded", ["pending>succeeded"], None),
+    "badstatus-1-a": ("succeeded", ["pending>succeeded"], None),
+    "charset.fail-1-a": ("failed", ["pending>failed"], "present"),
+}
+
+
+@pytest.mark.parametrize("kind", ["video_face_fusion", "image_animate"])
+def test_every_lifecycle_reaches_its_terminal_state(
+    db_url: str, sim: Simulator, tmp_path: Path, kind: str
+) -> None:
+    settings = engine_settings(db_url, sim, tmp_path)
+    for job_id in LIFECYCLES:
+        track(kind, job_id, settings=settings)
+    drive(settings)
+    jobs = jobs_by_id(settings)
+    for job_id, (status, expected_history, error) in LIFECYCLES.items():
+        job = jobs[job_id]
+        assert job.status == status, (job_id, job.status, job.last_error_code)
+        assert [f"{a}>{b}" for a, b in history(settings, job)] == expected_history, job_id
+        assert job.finished_at is not None
+        assert (job.error_code is not None) == (error is not None), (job_id, job.error_code)
+        if status == "succeeded":
+            assert job.result, job_id
+            assert job.provider_status is not None
+    ok = jobs["succeed-3-a"]
+    assert ok.polls == 3
+    if kind == "image_animate":
+        assert ok.result and ok.result["ResultVideoUrl"].startswith("http")
+        assert ok.result_expires_at is not None
+        assert timedelta(hours=23) < ok.result_expires_at - ok.finished_at <= timedelta(hours=24)
+    else:
+        assert ok.result and set(ok.result) >= {"VideoUrl", "VideoMD5", "Width", "Height", "FPS"}
+    # A transient error is recorded while it lasts; a good answer clears it.
+    assert jobs["internal-2-a"].polls == 3
+    assert jobs["internal-2-a"].consecutive_errors == 0
+
+
+def test_a_stale_answer_never_moves_a_job_backwards(
+    db_url: str, sim: Simulator, tmp_path: Path
+) -> None:
+    settings = engine_settings(db_url, sim, tmp_path)
+    sim.script("zigzag", ["running", "queued", "running", "queued", "done"])
+    track("image_animate", "zigzag", settings=settings)
+    drive(settings)
+    job = jobs_by_id(settings)["zigzag"]
+    assert job.status == "succeeded"
+    assert history(settings, job) == [("pending", "running"), ("running", "succeeded")]
+    assert sim.calls("zigzag") == 5
+
+
+def test_terminal_rows_are_never_claimed_or_changed(
+    db_url: str, sim: Simulator, tmp_path: Path
+) -> None:
+    settings = engine_settings(db_url, sim, tmp_path)
+    track("image_animate", "fail-1-t", settings=settings)
+    drive(settings)
+    job = jobs_by_id(settings)["fail-1-t"]
+    assert job.status == "failed"
+    # Even a forged claim with the old lease cannot touch it.
+    report = poll_batch("image_animate", job.region, [(job.id, utcnow())], settings)
+    assert report.skipped == 1 and report.polled == 0
+    with session_scope(settings) as session:
+        session.execute(update(TrackedJob).values(next_poll_at=utcnow() - timedelta(days=1)))
+    assert step(settings) == 0
+    assert sim.calls("fail-1-t") == 1
+
+
+def test_not_found_is_transient_within_the_grace_period(
+    db_url: str, sim: Simulator, tmp_path: Path
+) -> None:
+    settings = engine_settings(db_url, sim, tmp_path, JOBTRACKER_NOT_FOUND_GRACE="3600")
+    track("video_face_fusion", "notfound-nf", settings=settings)
+    for _ in range(3):
+        step(settings)
+        time.sleep(0.12)
+    job = jobs_by_id(settings)["notfound-nf"]
+    assert job.status == "pending"
+    assert job.last_error_code in ("FailedOperation.JobNotExist", "FailedOperation.JobNotFound")
+    assert job.consecutive_errors >= 1
+
+
+def test_deadline_expires_a_job_that_never_finishes(
+    db_url: str, sim: Simulator, tmp_path: Path
+) -> None:
+    settings = engine_settings(db_url, sim, tmp_path, JOBTRACKER_JOB_DEADLINE="1")
+    sim.script("forever", ["running"])
+    track("image_animate", "forever", settings=settings)
+    drive(settings, seconds=5)
+    job = jobs_by_id(settings)["forever"]
+    assert job.status == "expired"
+    assert job.error_code == "Tracker.DeadlineExceeded"
+    assert history(settings, job)[-1] == ("running", "expired")
+    assert job.finished_at is not None
+    assert job.finished_at - job.created_at < timedelta(seconds=3)
+
+
+def test_a_wrong_secret_pauses_the_provider_and_a_probe_resumes_it(
+    db_url: str, sim: Simulator, tmp_path: Path
+) -> None:
+    bad = engine_settings(db_url, sim, tmp_path, TENCENTCLOUD_SECRET_KEY="wrong-key")
+    for n in range(5):
+        track("video_face_fusion", f"succeed-1-auth{n}", settings=bad)
+    track("image_animate", "succeed-1-other", settings=bad)
+    step(bad)
+    jobs = jobs_by_id(bad)
+    paused = [jobs[f"succeed-1-auth{n}"] for n in range(5)]
+    assert all(j.status == "pending" for j in paused), "a configuration error is never terminal"
+    assert sum(j.polls for j in paused) == 1, "the batch stops at the first auth failure"
+    assert {j.last_error_code for j in paused if j.polls} == {"AuthFailure.SignatureFailure"}
+    with session_scope(bad) as session:
+        state = session.get(ProviderState, "video_face_fusion")
+        assert state is not None and state.paused
+        assert state.paused_reason and "AuthFailure" in state.paused_reason
+    assert jobs["succeed-1-other"].status == "pending"  # image_animate shares the wrong key too
+    # While paused, ticks send nothing (no poll storm).
+    calls = sim.counters().total
+    for _ in range(3):
+        step(bad)
+    assert sim.counters().total == calls
+
+    # The operator fixes the key; the next probe succeeds and the provider resumes.
+    clear_clients()
+    good = engine_settings(db_url, sim, tmp_path)
+    with session_scope(good) as session:
+        session.execute(update(ProviderState).values(next_probe_at=utcnow() - timedelta(seconds=1)))
+        session.execute(update(TrackedJob).values(next_poll_at=utcnow() - timedelta(seconds=1)))
+    drive(good)
+    with session_scope(good) as session:
+        assert not any(s.paused for s in session.execute(select(ProviderState)).scalars())
+    assert {j.status for j in jobs_by_id(good).values()} == {"succeeded"}
+
+
+def test_throttling_backs_the_whole_provider_off(
+    db_url: str, sim: Simulator, tmp_path: Path
+) -> None:
+    settings = engine_settings(db_url, sim, tmp_path)
+    sim.script("throttled", ["throttle", "done"])
+    track("image_animate", "throttled", settings=settings)
+    for n in range(3):
+        track("image_animate", f"succeed-1-t{n}", settings=settings)
+    step(settings)
+    with session_scope(settings) as session:
+        state = session.get(ProviderState, "image_animate")
+        assert state is not None and state.throttled_until is not None
+        assert state.throttled_until > utcnow()
+    # Until the back-off ends, nothing more is asked of this provider.
+    assert sim.counters().total == 1
+    drive(settings)
+    assert {j.status for j in jobs_by_id(settings).values()} == {"succeeded"}
+
+
+def test_two_ticks_at_once_claim_disjoint_rows(db_url: str, sim: Simulator, tmp_path: Path) -> None:
+    settings = engine_settings(db_url, sim, tmp_path)
+    for n in range(200):
+        track("image_animate", f"succeed-1-c{n}", settings=settings)
+    results: list[list[int]] = []
+    barrier = threading.Barrier(4)
+
+    def claimer() -> None:
+        barrier.wait()
+        got = claim_all(settings)
+        results.append([c.id for c in got.get("image_animate", [])])
+
+    threads = [threading.Thread(target=claimer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    claimed = [i for r in results for i in r]
+    assert len(claimed) == len(set(claimed)) == 200
+
+
+def test_an_expired_lease_is_claimed_again_and_the_stale_batch_is_ignored(
+    db_url: str, sim: Simulator, tmp_path: Path
+) -> None:
+    settings = engine_settings(db_url, sim, tmp_path, JOBTRACKER_LEASE_SECONDS="1")
+    track("image_animate", "succeed-2-lease", settings=settings)
+    first = claim_all(settings)["image_animate"]  # a worker claims, then dies
+    assert claim_all(settings) == {}  # leased: nobody else may take it
+    time.sleep(1.1)
+    second = claim_all(settings)["image_animate"]
+    assert [c.id for c in second] == [c.id for c in first]
+    # The dead worker's batch arrives late: it no longer owns the row.
+    stale = poll_batch("image_animate", "ap-guangzhou", [(first[0].id, first[0].lease)], settings)
+    assert (stale.skipped, stale.polled) == (1, 0)
+    fresh = poll_batch("image_animate", "ap-guangzhou", [(second[0].id, second[0].lease)], settings)
+    assert fresh.polled == 1
+    assert sim.calls("succeed-2-lease") == 1

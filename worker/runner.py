@@ -1,0 +1,58 @@
+"""``jobtracker run``: a worker and the beat scheduler in one process.
+
+Celery's own ``worker -B`` forks beat into a child process, which can outlive a worker stuck in warm
+shutdown. Here beat is a thread of the worker process, so one signal stops both, and a watchdog
+ends the process if a warm shutdown overruns its budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from celery.beat import EmbeddedService
+from celery.signals import worker_shutting_down
+
+from worker.app import app
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: How long a warm shutdown may take before the process exits anyway.
+SHUTDOWN_BUDGET_S = 8.0
+
+
+def _arm_watchdog(**_: object) -> None:
+    def expire() -> None:
+        log.error("warm shutdown took over %.0f s; exiting now", SHUTDOWN_BUDGET_S)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(SHUTDOWN_BUDGET_S, expire)
+    timer.daemon = True
+    timer.start()
+
+
+def run(settings: Settings, *, concurrency: int | None = None, beat: bool = True) -> int:
+    """Run until SIGINT / SIGTERM; return the exit code."""
+    worker_shutting_down.connect(_arm_watchdog, weak=False)
+    embedded_beat = EmbeddedService(app, thread=True) if beat else None
+    worker = app.Worker(
+        pool="threads",
+        concurrency=concurrency or settings.worker_concurrency,
+        loglevel=settings.log_level,
+        # Gossip and mingle chat with other workers over the broker at start; useless here and
+        # unsupported by the embedded broker.
+        without_mingle=True,
+        without_gossip=True,
+        quiet=True,
+    )
+    if embedded_beat is not None:
+        embedded_beat.start()
+    try:
+        worker.start()
+    finally:
+        if embedded_beat is not None:
+            embedded_beat.stop()
+    return int(worker.exitcode or 0)
