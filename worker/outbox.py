@@ -1,0 +1,242 @@
+"""The callback outbox: messages written with terminal transitions, then sent and retried.
+
+:func:`create_delivery` runs inside the transition's transaction, so a committed terminal status
+always has its message. :func:`deliver_one` sends one message under a short lease (two senders
+never post it at once), logs the attempt, and schedules the next one from the
+:class:`~worker.webhooks.send.DeliveryPolicy`. :func:`sweep` finds messages whose first send was
+lost (crash, broker flushed) or whose retry is due. Delivery is at-least-once with a stable
+``webhook-id``; receivers deduplicate on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+import requests
+from sqlalchemy import insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from models import DeliveryStatus, TrackedJob, WebhookAttempt, WebhookDelivery, utcnow
+from worker.db import session_scope
+from worker.errors import NotFoundError
+from worker.settings import Settings
+from worker.webhooks.send import DeliveryPolicy, send
+from worker.webhooks.signing import build_payload, encode_body, new_message_id
+from worker.webhooks.transport import make_session
+
+log = logging.getLogger(__name__)
+
+#: The tracked job's fields a callback carries (DESIGN.md "Callbacks").
+PAYLOAD_FIELDS = (
+    "id", "kind", "region", "job_id", "status", "provider_status", "error", "result",
+    "result_expires_at", "metadata", "polls", "created_at", "updated_at", "finished_at",
+)  # fmt: skip
+#: How many due messages one sweep hands out.
+SWEEP_LIMIT = 500
+
+_local = threading.local()
+
+
+def _http() -> requests.Session:
+    """One pinned-address session per thread, so a worker thread reuses its connections."""
+    session = getattr(_local, "session", None)
+    if session is None:
+        session = _local.session = make_session()
+    return session
+
+
+def create_delivery(session: Session, job: TrackedJob, *, now: datetime) -> str:
+    """Write the callback message for ``job``'s terminal status; return its ``webhook-id``."""
+    data = job.to_dict()
+    payload = build_payload(f"job.{job.status}", {k: data[k] for k in PAYLOAD_FIELDS}, now=now)
+    delivery_id = new_message_id()
+    session.execute(
+        insert(WebhookDelivery).values(
+            id=delivery_id,
+            tracked_job_id=job.id,
+            event_type=payload["type"],
+            url=job.callback_url,
+            payload=payload,
+            status=DeliveryStatus.PENDING.value,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    return delivery_id
+
+
+def dispatch_deliveries(delivery_ids: Iterable[str]) -> None:
+    """Ask a worker to send these messages now. A lost request only waits for the sweep."""
+    from worker.tasks import deliver
+
+    for delivery_id in delivery_ids:
+        try:
+            deliver.apply_async(args=[delivery_id])
+        except Exception as exc:  # broker down: the sweep sends it later
+            log.warning("could not queue a delivery: %s", exc, extra={"delivery_id": delivery_id})
+
+
+def _lease_s(policy: DeliveryPolicy) -> float:
+    return policy.total_timeout_s + 30.0
+
+
+def deliver_one(
+    delivery_id: str, settings: Settings, *, policy: DeliveryPolicy | None = None
+) -> str | None:
+    """Make one attempt of a due message; return its new status, or None if not ours to send."""
+    policy = policy or DeliveryPolicy.from_settings(settings)
+    now = utcnow()
+    lease = now + timedelta(seconds=_lease_s(policy))
+    with session_scope(settings) as session:
+        delivery = session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.id == delivery_id,
+                WebhookDelivery.status == DeliveryStatus.PENDING.value,
+                WebhookDelivery.next_attempt_at <= now,
+                or_(
+                    WebhookDelivery.lease_expires_at.is_(None),
+                    WebhookDelivery.lease_expires_at <= now,
+                ),
+            )
+            .values(lease_expires_at=lease)
+            .returning(WebhookDelivery),
+            execution_options={"synchronize_session": False},
+        ).scalar_one_or_none()
+    if delivery is None:
+        return None
+    outcome = send(
+        delivery.url,
+        delivery.id,
+        encode_body(delivery.payload),
+        settings.webhook_secrets,
+        policy=policy,
+        session=_http(),
+    )
+    attempts = delivery.attempts + 1
+    done = utcnow()
+    values: dict[str, Any] = {
+        "attempts": attempts,
+        "lease_expires_at": None,
+        "last_status_code": outcome.status_code,
+        "last_error": outcome.error_message,
+        "updated_at": done,
+    }
+    context = {
+        "delivery_id": delivery.id,
+        "tracked_job_id": delivery.tracked_job_id,
+        "attempt": attempts,
+        "status_code": outcome.status_code,
+        "latency_ms": outcome.latency_ms,
+    }
+    if outcome.ok:
+        values.update(
+            status=DeliveryStatus.DELIVERED.value, delivered_at=done, next_attempt_at=None
+        )
+        log.info("callback delivered", extra=context)
+    else:
+        delay = policy.next_attempt_delay(attempts, outcome)
+        if delay is None:
+            values.update(status=DeliveryStatus.FAILED.value, next_attempt_at=None)
+            log.error("callback failed for good: %s", outcome.error_message, extra=context)
+        else:
+            values["next_attempt_at"] = done + timedelta(seconds=delay)
+            log.info(
+                "callback attempt failed; retrying in %.0f s: %s",
+                delay,
+                outcome.error_message,
+                extra=context,
+            )
+    with session_scope(settings) as session:
+        session.execute(
+            insert(WebhookAttempt).values(
+                delivery_id=delivery.id,
+                attempted_at=now,
+                status_code=outcome.status_code,
+                error_class=outcome.error_class,
+                error_message=outcome.error_message,
+                latency_ms=outcome.latency_ms,
+                response_body=outcome.response_body,
+            )
+        )
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == delivery.id, WebhookDelivery.lease_expires_at == lease)
+            .values(**values)
+        )
+    return str(values.get("status", DeliveryStatus.PENDING.value))
+
+
+def due_deliveries(session: Session, now: datetime, limit: int = SWEEP_LIMIT) -> list[str]:
+    return list(
+        session.execute(
+            select(WebhookDelivery.id)
+            .where(
+                WebhookDelivery.status == DeliveryStatus.PENDING.value,
+                WebhookDelivery.next_attempt_at <= now,
+                or_(
+                    WebhookDelivery.lease_expires_at.is_(None),
+                    WebhookDelivery.lease_expires_at <= now,
+                ),
+            )
+            .order_by(WebhookDelivery.next_attempt_at)
+            .limit(limit)
+        ).scalars()
+    )
+
+
+def sweep(settings: Settings) -> int:
+    """Queue every due message (first sends that were lost, retries whose time has come)."""
+    with session_scope(settings) as session:
+        ids = due_deliveries(session, utcnow())
+    dispatch_deliveries(ids)
+    return len(ids)
+
+
+def redeliver(settings: Settings, delivery_id: str) -> WebhookDelivery:
+    """Make a message due now again, whatever its status: a new attempt, same ``webhook-id``."""
+    now = utcnow()
+    with session_scope(settings) as session:
+        delivery = session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == delivery_id)
+            .values(
+                status=DeliveryStatus.PENDING.value,
+                next_attempt_at=now,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+            .returning(WebhookDelivery),
+            execution_options={"synchronize_session": False},
+        ).scalar_one_or_none()
+    if delivery is None:
+        raise NotFoundError(f"no delivery {delivery_id!r}")
+    return delivery
+
+
+def redeliver_failed(settings: Settings, since: datetime) -> list[str]:
+    """Make every message that ended ``failed`` since ``since`` due again; return their ids."""
+    now = utcnow()
+    with session_scope(settings) as session:
+        ids = session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.status == DeliveryStatus.FAILED.value,
+                WebhookDelivery.updated_at >= since,
+            )
+            .values(
+                status=DeliveryStatus.PENDING.value,
+                next_attempt_at=now,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+            .returning(WebhookDelivery.id),
+            execution_options={"synchronize_session": False},
+        ).scalars()
+        return list(ids)
