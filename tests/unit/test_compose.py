@@ -1,0 +1,120 @@
+"""docker-compose.yml cannot run here (no Docker engine), so check it against the real CLI and
+settings: every command resolves, every variable is one the settings read, and the values parse."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+
+from worker.cli import main
+from worker.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class RecordingEnv(Mapping[str, str]):
+    """An environment that remembers which variables were asked for."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self.values = values
+        self.asked: set[str] = set()
+
+    def __getitem__(self, key: str) -> str:
+        self.asked.add(key)
+        return self.values[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.asked.add(key)
+        return self.values.get(key, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def substitute(value: str) -> str:
+    """Resolve ${VAR:-default} and ${VAR:?message} as compose would, with sample values."""
+    samples = {
+        "TENCENTCLOUD_SECRET_ID": "AKIDsample",
+        "TENCENTCLOUD_SECRET_KEY": "sample-key",
+        "JOBTRACKER_WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    }
+
+    def one(match: re.Match[str]) -> str:
+        name, op, rest = match.group(1), match.group(2), match.group(3)
+        if op == ":-":
+            return samples.get(name, rest)
+        return samples[name]
+
+    return re.sub(r"\$\{(\w+)(:-|:\?)([^}]*)\}", one, str(value))
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "docker-compose.yml").read_text()))
+
+
+def test_services_and_dependencies(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert {"postgres", "redis", "migrate", "worker", "beat"} <= set(services)
+    for name in ("postgres", "redis"):
+        assert "healthcheck" in services[name]
+    for name in ("worker", "beat"):
+        depends = services[name]["depends_on"]
+        assert depends["postgres"]["condition"] == "service_healthy"
+        assert depends["redis"]["condition"] == "service_healthy"
+        assert depends["migrate"]["condition"] == "service_completed_successfully"
+    assert services["migrate"]["restart"] == "no"
+
+
+def _resolve_cli(args: list[str]) -> click.Command:
+    command: click.Command = main
+    for arg in args:
+        if not isinstance(command, click.Group):
+            break
+        sub = command.get_command(click.Context(command), arg)
+        assert sub is not None, f"`jobtracker {' '.join(args)}`: no command {arg!r}"
+        command = sub
+    return command
+
+
+def test_commands_match_the_real_cli(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        command = service.get("command")
+        if not command or name in ("postgres", "redis"):
+            continue
+        program, *args = command
+        if program == "jobtracker":
+            _resolve_cli(args)
+        elif program == "celery":
+            assert args[:2] == ["-A", "worker"], f"{name}: the Celery app is `worker`"
+            assert args[2] in ("worker", "beat", "flower"), f"{name}: {args[2]}"
+            import worker
+
+            assert worker.app.main == "jobtracker"
+        else:
+            pytest.fail(f"{name}: unexpected program {program}")
+
+
+def test_environment_is_what_the_settings_read(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        if name in ("postgres", "redis"):
+            continue
+        env = {k: substitute(v) for k, v in service["environment"].items()}
+        recorder = RecordingEnv(env)
+        settings = Settings.from_env(recorder)  # validates every value
+        unknown = set(env) - recorder.asked
+        assert not unknown, f"{name}: variables no setting reads: {unknown}"
+        assert settings.database_url.startswith("postgresql+psycopg://")
+        assert settings.database_url.split("@")[1].startswith("postgres:")
+        assert settings.broker_url.startswith("redis://redis:")
+        assert settings.has_credentials
+        assert settings.webhook_secrets
