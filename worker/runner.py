@@ -37,7 +37,18 @@ def _arm_watchdog(**_: object) -> None:
 def run(settings: Settings, *, concurrency: int | None = None, beat: bool = True) -> int:
     """Run until SIGINT / SIGTERM; return the exit code."""
     worker_shutting_down.connect(_arm_watchdog, weak=False)
-    embedded_beat = EmbeddedService(app, thread=True) if beat else None
+    # Beat sleeps until its next due entry; a short max_interval lets it notice a stop quickly.
+    embedded_beat = (
+        EmbeddedService(app, thread=True, max_interval=min(1.0, settings.tick_seconds))
+        if beat
+        else None
+    )
+
+    def stop_beat(**_: object) -> None:
+        if embedded_beat is not None:
+            embedded_beat.service.stop(wait=False)  # no new ticks while the worker drains
+
+    worker_shutting_down.connect(stop_beat, weak=False)
     worker = app.Worker(
         pool="threads",
         concurrency=concurrency or settings.worker_concurrency,
@@ -54,5 +65,6 @@ def run(settings: Settings, *, concurrency: int | None = None, beat: bool = True
         worker.start()
     finally:
         if embedded_beat is not None:
-            embedded_beat.stop()
+            stop_beat()
+            embedded_beat.join(timeout=2.0)
     return int(worker.exitcode or 0)
