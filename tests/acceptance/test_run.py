@@ -241,3 +241,63 @@ def test_a_postgresql_restart_mid_run_is_survived(
         tracker.kill()
     assert set(statuses(pg_url).values()) == {"succeeded"}
     assert set(histories(pg_url).values()) == {"pending>queued,queued>running,running>succeeded"}
+
+
+def test_two_trackers_with_two_beats_poll_each_job_without_duplicates(
+    sim: Simulator, receiver: Receiver, pg_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """Two `jobtracker run` (so two beats) on one database: a common deployment accident."""
+    env = tracker_env(
+        sim,
+        {"JOBTRACKER_DATABASE_URL": pg_url, "JOBTRACKER_BROKER_URL": redis_url},
+        JOBTRACKER_JOB_DEADLINE="120",
+        JOBTRACKER_LEASE_SECONDS="30",
+    )
+    jobs = [f"succeed-4-twin{n}" for n in range(40)]
+    first = Tracker(env, tmp_path, name="one").start()
+    second = Tracker(env, tmp_path, name="two").start()
+    try:
+        for job_id in jobs:
+            enqueue(env, tmp_path, "image_animate", job_id, "--callback-url", receiver.url)
+        wait_until(lambda: all_terminal(pg_url, len(jobs)), 90, "every job terminal", first)
+        receiver.wait_for(len(jobs), timeout=60)
+        first.stop(signal.SIGTERM)
+        second.stop(signal.SIGTERM)
+    finally:
+        first.kill()
+        second.kill()
+    assert set(histories(pg_url).values()) == {"pending>queued,queued>running,running>succeeded"}
+    # Each job was asked exactly as often as its lifecycle needs: no double polling.
+    assert {job: sim.calls(job) for job in jobs} == dict.fromkeys(jobs, 4)
+    assert len(query(pg_url, "SELECT id FROM webhook_deliveries")) == len(jobs)
+    assert not receiver.duplicates
+
+
+def test_a_tracker_killed_mid_delivery_delivers_after_restart_with_the_same_id(
+    sim: Simulator, pg_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    from worker.webhooks.receiver import Reply
+
+    env = tracker_env(sim, {"JOBTRACKER_DATABASE_URL": pg_url, "JOBTRACKER_BROKER_URL": redis_url})
+    with Receiver(secrets=[SECRET]) as rx:
+        rx.script([Reply(status=200, delay_s=5)])  # the first POST hangs...
+        tracker = Tracker(env, tmp_path).start()
+        try:
+            enqueue(
+                env, tmp_path, "image_animate", "succeed-1-middeliver", "--callback-url", rx.url
+            )
+            rx.wait_for_requests(1, timeout=30)
+            tracker.stop(signal.SIGKILL)  # ...and the tracker dies while it waits
+            tracker = Tracker(env, tmp_path, name="tracker2").start()
+            wait_until(
+                lambda: query(pg_url, "SELECT status FROM webhook_deliveries")
+                == [("delivered",)],
+                90, "the delivery to complete after the restart", tracker,
+            )  # fmt: skip
+            tracker.stop(signal.SIGTERM)
+        finally:
+            tracker.kill()
+        ids = {m.msg_id for m in rx.received}
+    [(delivery_id,)] = query(pg_url, "SELECT id FROM webhook_deliveries")
+    assert ids == {delivery_id}
+    assert len(rx.received) >= 2  # the interrupted POST, then the retry with the same webhook-id
