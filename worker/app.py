@@ -50,6 +50,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
     }
     if settings.embedded_broker:
+        config["broker_transport"] = "worker.embedded_broker:Transport"
         folder = settings.broker_dir
         for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)

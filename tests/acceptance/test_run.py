@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -151,23 +151,28 @@ def test_sigint_also_stops_within_ten_seconds(sim: Simulator, tmp_path: Path) ->
     assert elapsed < 10
 
 
-def test_sigkill_mid_run_loses_no_job(
-    sim: Simulator, receiver: Receiver, backend: dict[str, str], tmp_path: Path
+def run_through(
+    env: dict[str, str],
+    cwd: Path,
+    receiver: Receiver,
+    jobs: list[str],
+    disrupt: Callable[[Tracker], Tracker],
 ) -> None:
-    env = tracker_env(sim, backend, JOBTRACKER_JOB_DEADLINE="120")
-    url = db_url_of(env, tmp_path)
-    jobs = [f"succeed-6-kill{n}" for n in range(40)]
-    tracker = Tracker(env, tmp_path).start()
+    """Start a tracker, enqueue ``jobs``, disrupt it once polling is under way, then wait until
+    every job is terminal and every callback arrived. ``disrupt`` returns the tracker to wait on.
+    """
+    url = db_url_of(env, cwd)
+    tracker = Tracker(env, cwd).start()
     try:
-        for job_id in jobs:
-            enqueue(env, tmp_path, "image_animate", job_id, "--callback-url", receiver.url)
+        for n, job_id in enumerate(jobs):
+            kind = "video_face_fusion" if n % 2 else "image_animate"
+            enqueue(env, cwd, kind, job_id, "--callback-url", receiver.url)
         wait_until(
-            lambda: query(url, "SELECT count(*) FROM tracked_jobs WHERE polls >= 2")[0][0] >= 10,
+            lambda: query(url, "SELECT count(*) FROM tracked_jobs WHERE polls >= 2")[0][0] >= 5,
             60, "polling under way", tracker,
         )  # fmt: skip
-        tracker.stop(signal.SIGKILL)
-        tracker = Tracker(env, tmp_path, name="tracker2").start()
-        wait_until(lambda: all_terminal(url, len(jobs)), 90, "every job terminal", tracker)
+        tracker = disrupt(tracker)
+        wait_until(lambda: all_terminal(url, len(jobs)), 120, "every job terminal", tracker)
         receiver.wait_for(len(jobs), timeout=60)
         tracker.stop(signal.SIGTERM)
     finally:
@@ -179,32 +184,33 @@ def test_sigkill_mid_run_loses_no_job(
     )
 
 
+def test_sigkill_mid_run_loses_no_job(
+    sim: Simulator, receiver: Receiver, backend: dict[str, str], tmp_path: Path
+) -> None:
+    env = tracker_env(sim, backend, JOBTRACKER_JOB_DEADLINE="120")
+
+    def kill_and_restart(tracker: Tracker) -> Tracker:
+        tracker.stop(signal.SIGKILL)
+        return Tracker(env, tmp_path, name="tracker2").start()
+
+    run_through(
+        env, tmp_path, receiver, [f"succeed-6-kill{n}" for n in range(40)], kill_and_restart
+    )
+
+
 def test_redis_flushall_mid_run_loses_no_job(
     sim: Simulator, receiver: Receiver, pg_url: str, redis_url: str, tmp_path: Path
 ) -> None:
     import redis
 
-    env = tracker_env(
-        sim,
-        {"JOBTRACKER_DATABASE_URL": pg_url, "JOBTRACKER_BROKER_URL": redis_url},
-        JOBTRACKER_JOB_DEADLINE="120",
-    )
-    jobs = [f"succeed-5-flush{n}" for n in range(30)]
-    tracker = Tracker(env, tmp_path).start()
-    try:
-        for job_id in jobs:
-            enqueue(env, tmp_path, "video_face_fusion", job_id, "--callback-url", receiver.url)
-        wait_until(
-            lambda: query(pg_url, "SELECT count(*) FROM tracked_jobs WHERE polls >= 2")[0][0] >= 5,
-            60, "polling under way", tracker,
-        )  # fmt: skip
+    backend = {"JOBTRACKER_DATABASE_URL": pg_url, "JOBTRACKER_BROKER_URL": redis_url}
+    env = tracker_env(sim, backend, JOBTRACKER_JOB_DEADLINE="120")
+
+    def flush(tracker: Tracker) -> Tracker:
         redis.Redis.from_url(redis_url).flushdb()
-        wait_until(lambda: all_terminal(pg_url, len(jobs)), 90, "every job terminal", tracker)
-        receiver.wait_for(len(jobs), timeout=60)
-        tracker.stop(signal.SIGTERM)
-    finally:
-        tracker.kill()
-    assert set(statuses(pg_url).values()) == {"succeeded"}
+        return tracker
+
+    run_through(env, tmp_path, receiver, [f"succeed-5-flush{n}" for n in range(30)], flush)
 
 
 def test_a_postgresql_restart_mid_run_is_survived(
@@ -212,20 +218,10 @@ def test_a_postgresql_restart_mid_run_is_survived(
 ) -> None:
     if not Path("/etc/postgresql").is_dir():
         pytest.skip("no local PostgreSQL cluster to restart")
-    env = tracker_env(
-        sim,
-        {"JOBTRACKER_DATABASE_URL": pg_url, "JOBTRACKER_BROKER_URL": redis_url},
-        JOBTRACKER_JOB_DEADLINE="120",
-    )
-    jobs = [f"succeed-5-pg{n}" for n in range(20)]
-    tracker = Tracker(env, tmp_path).start()
-    try:
-        for job_id in jobs:
-            enqueue(env, tmp_path, "image_animate", job_id, "--callback-url", receiver.url)
-        wait_until(
-            lambda: query(pg_url, "SELECT count(*) FROM tracked_jobs WHERE polls >= 2")[0][0] >= 5,
-            60, "polling under way", tracker,
-        )  # fmt: skip
+    backend = {"JOBTRACKER_DATABASE_URL": pg_url, "JOBTRACKER_BROKER_URL": redis_url}
+    env = tracker_env(sim, backend, JOBTRACKER_JOB_DEADLINE="120")
+
+    def restart_postgresql(tracker: Tracker) -> Tracker:
         version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1]
         subprocess.run(
             ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
@@ -234,13 +230,11 @@ def test_a_postgresql_restart_mid_run_is_survived(
         deadline = time.monotonic() + 60
         while services.pg_error() is not None and time.monotonic() < deadline:
             time.sleep(0.5)
-        wait_until(lambda: all_terminal(pg_url, len(jobs)), 120, "every job terminal", tracker)
-        receiver.wait_for(len(jobs), timeout=60)
-        tracker.stop(signal.SIGTERM)
-    finally:
-        tracker.kill()
-    assert set(statuses(pg_url).values()) == {"succeeded"}
-    assert set(histories(pg_url).values()) == {"pending>queued,queued>running,running>succeeded"}
+        return tracker
+
+    run_through(
+        env, tmp_path, receiver, [f"succeed-5-pg{n}" for n in range(20)], restart_postgresql
+    )
 
 
 def test_two_trackers_with_two_beats_poll_each_job_without_duplicates(
