@@ -4,6 +4,7 @@ COPY pyproject.toml README.md ./
 COPY worker ./worker
 COPY models ./models
 COPY migrations ./migrations
-RUN pip install --no-cache-dir . && useradd --system jobtracker
+# The flower extra: the docker-compose `flower` service runs `celery -A worker flower`.
+RUN pip install --no-cache-dir ".[flower]" && useradd --system jobtracker
 USER jobtracker
 CMD ["jobtracker", "run"]

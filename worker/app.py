@@ -77,11 +77,15 @@ def _check_worker_start(**_: Any) -> None:
     """A worker refuses to start on an un-migrated shared database (clear message, no crash loop
     of half-working tasks); the embedded SQLite default is migrated on the spot."""
     from worker.logs import configure_logging
+    from worker.metrics import start_metrics_server
     from worker.migrate import ensure_schema
 
     settings = get_settings()
     configure_logging(settings)
     ensure_schema(settings)
+    # `celery -A worker worker` and `jobtracker run` both pass here (once per process: the pool
+    # is threads, so there are no child processes to serve metrics from).
+    start_metrics_server(settings)
 
 
 @beat_init.connect

@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 from worker.settings import Settings
 
@@ -48,8 +48,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def _stderr() -> TextIO:
+    """The process's stderr, even while Celery has it replaced.
+
+    A Celery worker redirects ``sys.stdout``/``sys.stderr`` to a logging proxy (so a stray
+    ``print`` in a task becomes a log line). A handler created on that proxy would feed log
+    records back into logging, where the proxy's recursion guard silently drops them: every
+    line logged after e.g. ``beat_init`` reconfigures logging would vanish.
+    """
+    stream = sys.stderr
+    if type(stream).__name__ == "LoggingProxy" and sys.__stderr__ is not None:
+        return sys.__stderr__
+    return stream
+
+
 def configure_logging(settings: Settings, level: str | None = None) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    """Send every log record (ours, Celery's, warnings) to stderr in the configured format."""
+    handler = logging.StreamHandler(_stderr())
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
@@ -59,6 +74,15 @@ def configure_logging(settings: Settings, level: str | None = None) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level or settings.log_level)
+    # warnings.warn() (Celery's "running as root" SecurityWarning...) as log lines too, so a
+    # JSON log stays one JSON object per line.
+    logging.captureWarnings(True)
     # The SDK logs whole requests at DEBUG; urllib3 logs URLs. Neither is for operators.
     for noisy in ("tencentcloud_sdk_common", "urllib3", "kombu", "amqp", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Celery's per-message lines ("Sending due task", "Task ... received", "... succeeded") come
+    # several times per tick and quote task arguments (callback URLs with their query strings);
+    # our own lines already say what happened. Failures are still logged (ERROR); DEBUG shows all.
+    routine = logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING
+    for chatty in ("celery.beat", "celery.worker.strategy", "celery.app.trace"):
+        logging.getLogger(chatty).setLevel(routine)

@@ -21,6 +21,7 @@ from sqlalchemy import insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from models import DeliveryStatus, TrackedJob, WebhookAttempt, WebhookDelivery, utcnow
+from worker import metrics
 from worker.db import session_scope
 from worker.errors import NotFoundError
 from worker.settings import Settings
@@ -153,6 +154,7 @@ def deliver_one(
                 outcome.error_message,
                 extra=context,
             )
+    metrics.record_delivery(values.get("status"), outcome.latency_ms)
     with session_scope(settings) as session:
         session.execute(
             insert(WebhookAttempt).values(

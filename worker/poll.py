@@ -19,7 +19,7 @@ from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from models import ACTIVE_STATUSES, JobStatus, TrackedJob, utcnow
-from worker import provider_state
+from worker import metrics, provider_state
 from worker.db import session_scope
 from worker.errors import ErrorClass, ProviderError, ThrottledError
 from worker.policy import PollPolicy
@@ -183,7 +183,8 @@ def poll_batch(
         try:
             # Inside the try: a missing credential is a configuration error like AuthFailure.
             client = client or get_client(kind, region, settings)
-            outcome.answer = client.query(job.job_id)
+            with metrics.POLL_SECONDS.labels(kind).time():
+                outcome.answer = client.query(job.job_id)
             provider_ok = True
         except ProviderError as error:
             outcome.error = error
@@ -203,6 +204,7 @@ def poll_batch(
                 provider_ok = provider_ok or outcome.error_class is ErrorClass.JOB_TERMINAL
             _log_error(kind, job, error, outcome.error_class)
         decide(outcome, settings, policy, utcnow())
+        metrics.record_poll(kind, outcome.error, outcome.error_class)
 
     _finish(kind, outcomes, settings, report, resume=probing and provider_ok)
     return report
@@ -280,7 +282,12 @@ def write_outcomes(
                 "job %s -> %s",
                 job.status,
                 outcome.to_status.value,
-                extra={"kind": job.kind, "job_id": job.job_id, "tracked_job_id": job.id},
+                extra={
+                    "kind": job.kind,
+                    "job_id": job.job_id,
+                    "tracked_job_id": job.id,
+                    "status": outcome.to_status.value,
+                },
             )
             if result.delivery_id:
                 report.delivery_ids.append(result.delivery_id)

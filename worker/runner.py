@@ -11,10 +11,12 @@ import logging
 import os
 import threading
 
+from celery.apps import worker as celery_worker_module
 from celery.beat import EmbeddedService
 from celery.signals import worker_shutting_down
 
 from worker.app import app
+from worker.metrics import start_metrics_server
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,9 +36,16 @@ def _arm_watchdog(**_: object) -> None:
     timer.start()
 
 
+def _say(msg: str, f: object = None) -> None:
+    """Celery's signal handlers print their notices ("worker: Warm shutdown") straight to the
+    real stdout; log them instead, so JOBTRACKER_LOG_FORMAT=json output stays JSON lines."""
+    logging.getLogger("celery.apps.worker").warning("%s", msg.strip())
+
+
 def run(settings: Settings, *, concurrency: int | None = None, beat: bool = True) -> int:
     """Run until SIGINT / SIGTERM; return the exit code."""
     worker_shutting_down.connect(_arm_watchdog, weak=False)
+    celery_worker_module.safe_say = _say
     # Beat sleeps until its next due entry; a short max_interval lets it notice a stop quickly.
     embedded_beat = (
         EmbeddedService(app, thread=True, max_interval=min(1.0, settings.tick_seconds))
@@ -59,6 +68,9 @@ def run(settings: Settings, *, concurrency: int | None = None, beat: bool = True
         without_gossip=True,
         quiet=True,
     )
+    # Before the worker's start-up (connecting to the broker), so a scrape can tell "up, but
+    # stuck connecting" from "down"; worker_init calls it again, which is a no-op.
+    start_metrics_server(settings)
     if embedded_beat is not None:
         embedded_beat.start()
     try:

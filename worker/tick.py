@@ -20,6 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from models import ACTIVE_STATUSES, TrackedJob, utcnow
+from worker import metrics
 from worker.db import session_scope
 from worker.provider_state import load_states, take_probe
 from worker.providers.table import PROVIDERS
@@ -112,6 +113,7 @@ def batches(claims: list[Claim], size: int) -> list[tuple[str, list[Claim]]]:
     ]
 
 
+@metrics.TICK_SECONDS.time()
 def tick(settings: Settings, now: datetime | None = None) -> int:
     """Claim due jobs and send one ``jobtracker.poll`` task per batch; return jobs claimed."""
     from worker.tasks import poll
@@ -119,6 +121,7 @@ def tick(settings: Settings, now: datetime | None = None) -> int:
     claims = claim_all(settings, now)
     sent = 0
     for kind, claimed in claims.items():
+        log.info("claimed due jobs", extra={"kind": kind, "claimed": len(claimed)})
         for region, batch in batches(claimed, settings.batch_size):
             # If sending fails (broker down), the leases run out and a later tick re-claims.
             poll.apply_async(

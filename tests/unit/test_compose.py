@@ -118,3 +118,29 @@ def test_environment_is_what_the_settings_read(compose: dict[str, Any]) -> None:
         assert settings.broker_url.startswith("redis://redis:")
         assert settings.has_credentials
         assert settings.webhook_secrets
+
+
+def test_flower_service_runs_celery_flower_with_the_extra_installed(
+    compose: dict[str, Any],
+) -> None:
+    flower = compose["services"]["flower"]
+    assert flower["command"] == ["celery", "-A", "worker", "flower", "--port=5555"]
+    assert "5555:5555" in flower["ports"]
+    # The image must have Flower: the Dockerfile installs the `flower` extra of pyproject.toml.
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"pip install[^\n]*\.\[flower\]", dockerfile), dockerfile
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'^flower = \["flower>=2,<3"\]', pyproject, re.M), "no flower extra"
+
+
+def test_worker_serves_metrics_on_a_published_port(compose: dict[str, Any]) -> None:
+    worker_service = compose["services"]["worker"]
+    env = {k: substitute(v) for k, v in worker_service["environment"].items()}
+    port = Settings.from_env(env).metrics_port
+    assert port > 0
+    assert f"{port}:{port}" in worker_service["ports"]
+    # The worker keeps the shared settings (the YAML merge did not drop them).
+    assert env["JOBTRACKER_DATABASE_URL"].startswith("postgresql+psycopg://")
+    # Only the worker serves metrics: beat and the one-shot migration do not.
+    for name in ("beat", "migrate"):
+        assert "JOBTRACKER_METRICS_PORT" not in compose["services"][name]["environment"]

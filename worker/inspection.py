@@ -1,0 +1,323 @@
+"""What operators ask the database: the queries behind ``jobtracker jobs/show/deliveries/stats``.
+
+Every function takes a session and returns rows or plain dicts (JSON-ready); rendering them as
+text is :mod:`worker.tables`' job. Queries read only indexed columns where the table can be
+large (``created_at``, ``status``, ``tracked_job_id``), and each returns a bounded result.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models import (
+    ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
+    DeliveryStatus,
+    JobStatus,
+    JobTransition,
+    ProviderState,
+    TrackedJob,
+    WebhookAttempt,
+    WebhookDelivery,
+)
+from worker.errors import NotFoundError
+
+#: ``--status`` shortcuts for groups of statuses.
+STATUS_GROUPS: dict[str, frozenset[JobStatus]] = {
+    "active": ACTIVE_STATUSES,
+    "terminal": TERMINAL_STATUSES,
+}
+_AGE_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_AGE_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(text: str) -> timedelta:
+    """``"90s"``, ``"10m"``, ``"2h"``, ``"3d"``, ``"1w"`` or a sum such as ``"1h30m"``."""
+    cleaned = text.strip().lower()
+    parts = _AGE_PART.findall(cleaned)
+    if not cleaned or "".join(n + u for n, u in parts) != cleaned:
+        raise ValueError(f"{text!r} is not an age such as 30s, 10m, 2h, 3d or 1h30m")
+    return timedelta(seconds=sum(float(n) * _AGE_UNITS_S[u] for n, u in parts))
+
+
+def parse_time(text: str, *, now: datetime) -> datetime:
+    """An age before ``now`` (``"2h"``) or an ISO-8601 time (UTC unless it names a zone)."""
+    try:
+        return now - parse_age(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither an age (10m, 2h, 3d) nor an ISO-8601 time (2024-05-01T12:00:00Z)"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def expand_statuses(names: Iterable[str]) -> list[str]:
+    """Status names with ``active`` / ``terminal`` expanded, in enum order."""
+    wanted: set[JobStatus] = set()
+    for name in names:
+        wanted |= STATUS_GROUPS[name] if name in STATUS_GROUPS else {JobStatus(name)}
+    return [s.value for s in JobStatus if s in wanted]
+
+
+# -- jobs ------------------------------------------------------------------------------------
+
+
+def list_jobs(
+    session: Session,
+    *,
+    now: datetime,
+    statuses: Sequence[str] = (),
+    kinds: Sequence[str] = (),
+    since: timedelta | None = None,
+    older_than: timedelta | None = None,
+    limit: int = 50,
+) -> list[TrackedJob]:
+    """Jobs newest first. ``since`` / ``older_than`` bound the job's age (from ``created_at``)."""
+    query = select(TrackedJob)
+    if statuses:
+        query = query.where(TrackedJob.status.in_(expand_statuses(statuses)))
+    if kinds:
+        query = query.where(TrackedJob.kind.in_(list(kinds)))
+    if since is not None:
+        query = query.where(TrackedJob.created_at >= now - since)
+    if older_than is not None:
+        query = query.where(TrackedJob.created_at <= now - older_than)
+    query = query.order_by(TrackedJob.created_at.desc(), TrackedJob.id.desc()).limit(limit)
+    return list(session.execute(query).scalars())
+
+
+def find_job(session: Session, ref: Sequence[str], *, region: str | None = None) -> TrackedJob:
+    """The job named by ``[ID]``, ``[JOB_ID]`` or ``[KIND, JOB_ID]``; raise NotFoundError.
+
+    A lone whole number is first the tracked job's ``id``, then a JobId (image_animate JobIds
+    are digits too); anything else is a provider JobId, which must then match one job (any kind,
+    any region unless given).
+    """
+    by_id = len(ref) == 1 and ref[0].isdigit() and region is None
+    if by_id and len(ref[0]) < 19:  # ids are 64-bit at most
+        job = session.get(TrackedJob, int(ref[0]))
+        if job is not None:
+            return job
+    *kind, job_id = ref
+    query = select(TrackedJob).where(TrackedJob.job_id == job_id)
+    if kind:
+        query = query.where(TrackedJob.kind == kind[0])
+    if region is not None:
+        query = query.where(TrackedJob.region == region)
+    matches = list(session.execute(query.order_by(TrackedJob.id).limit(10)).scalars())
+    where = " ".join([*kind, job_id]) + (f" in {region}" if region else "")
+    if not matches:
+        raise NotFoundError(
+            f"no tracked job with id or JobId {job_id}" if by_id else f"no tracked job {where}"
+        )
+    if len(matches) > 1:
+        found = ", ".join(f"{j.kind} {j.region} (id {j.id})" for j in matches)
+        raise NotFoundError(f"JobId {job_id} matches several jobs: {found}; name one by id")
+    return matches[0]
+
+
+def job_detail(session: Session, job: TrackedJob) -> dict[str, Any]:
+    """The job, its transitions (oldest first) and its callback messages with every attempt."""
+    transitions = session.execute(
+        select(JobTransition)
+        .where(JobTransition.tracked_job_id == job.id)
+        .order_by(JobTransition.id)
+    ).scalars()
+    deliveries = session.execute(
+        select(WebhookDelivery)
+        .where(WebhookDelivery.tracked_job_id == job.id)
+        .order_by(WebhookDelivery.created_at, WebhookDelivery.id)
+    ).scalars()
+    return {
+        "job": job.to_dict(),
+        "transitions": [t.to_dict() for t in transitions],
+        "deliveries": [
+            delivery_dict(d, attempts=attempts_of(session, d.id), payload=True) for d in deliveries
+        ],
+    }
+
+
+# -- deliveries ------------------------------------------------------------------------------
+
+
+def list_deliveries(
+    session: Session,
+    *,
+    statuses: Sequence[str] = (),
+    job: int | None = None,
+    limit: int = 50,
+) -> list[WebhookDelivery]:
+    """Callback messages, newest first."""
+    query = select(WebhookDelivery)
+    if statuses:
+        query = query.where(WebhookDelivery.status.in_(list(statuses)))
+    if job is not None:
+        query = query.where(WebhookDelivery.tracked_job_id == job)
+    query = query.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
+    return list(session.execute(query.limit(limit)).scalars())
+
+
+def get_delivery(session: Session, delivery_id: str) -> WebhookDelivery:
+    delivery = session.get(WebhookDelivery, delivery_id)
+    if delivery is None:
+        raise NotFoundError(f"no delivery {delivery_id!r}")
+    return delivery
+
+
+def attempts_of(session: Session, delivery_id: str) -> list[WebhookAttempt]:
+    return list(
+        session.execute(
+            select(WebhookAttempt)
+            .where(WebhookAttempt.delivery_id == delivery_id)
+            .order_by(WebhookAttempt.id)
+        ).scalars()
+    )
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def attempt_dict(attempt: WebhookAttempt) -> dict[str, Any]:
+    return {
+        "id": attempt.id,
+        "attempted_at": _ts(attempt.attempted_at),
+        "status_code": attempt.status_code,
+        "error_class": attempt.error_class,
+        "error_message": attempt.error_message,
+        "latency_ms": attempt.latency_ms,
+        "response_body": attempt.response_body,
+    }
+
+
+def delivery_dict(
+    delivery: WebhookDelivery,
+    *,
+    attempts: Sequence[WebhookAttempt] | None = None,
+    payload: bool = False,
+) -> dict[str, Any]:
+    """A callback message as operators see it; ``id`` is its ``webhook-id``."""
+    entry: dict[str, Any] = {
+        "id": delivery.id,
+        "tracked_job_id": delivery.tracked_job_id,
+        "event_type": delivery.event_type,
+        "url": delivery.url,
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "last_status_code": delivery.last_status_code,
+        "last_error": delivery.last_error,
+        "next_attempt_at": (
+            _ts(delivery.next_attempt_at)
+            if delivery.status == DeliveryStatus.PENDING.value
+            else None
+        ),
+        "created_at": _ts(delivery.created_at),
+        "updated_at": _ts(delivery.updated_at),
+        "delivered_at": _ts(delivery.delivered_at),
+    }
+    if attempts is not None:
+        entry["attempt_log"] = [attempt_dict(a) for a in attempts]
+    if payload:
+        entry["payload"] = delivery.payload
+    return entry
+
+
+# -- stats -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KindStatusCount:
+    kind: str
+    status: str
+    count: int
+    oldest_created_at: datetime | None
+
+
+def job_counts(session: Session) -> list[KindStatusCount]:
+    """Jobs per (kind, status) with the oldest ``created_at``: one GROUP BY (metrics use it too)."""
+    rows = session.execute(
+        select(
+            TrackedJob.kind,
+            TrackedJob.status,
+            func.count(),
+            func.min(TrackedJob.created_at),
+        ).group_by(TrackedJob.kind, TrackedJob.status)
+    ).all()
+    # min() keeps its argument's type, so ``oldest`` comes back an aware UTC datetime.
+    return [KindStatusCount(kind, status, int(n), oldest) for kind, status, n, oldest in rows]
+
+
+def stats(session: Session, *, now: datetime) -> dict[str, Any]:
+    """Counts by kind and status, oldest active jobs, polls per finished job, deliveries,
+    provider states: the numbers an operator checks first."""
+    counts = job_counts(session)
+    jobs: dict[str, dict[str, int]] = {}
+    oldest: dict[str, dict[str, Any]] = {}
+    for row in counts:
+        jobs.setdefault(row.kind, dict.fromkeys((s.value for s in JobStatus), 0))[row.status] = (
+            row.count
+        )
+        if JobStatus(row.status) in ACTIVE_STATUSES and row.oldest_created_at is not None:
+            age_s = (now - row.oldest_created_at).total_seconds()
+            best = oldest.get(row.status)
+            if best is None or age_s > best["age_s"]:
+                oldest[row.status] = {"kind": row.kind, "age_s": round(age_s, 1)}
+
+    finished = session.execute(
+        select(
+            TrackedJob.kind,
+            func.count(),
+            func.avg(TrackedJob.polls),
+            func.max(TrackedJob.polls),
+        )
+        .where(TrackedJob.status.in_([s.value for s in TERMINAL_STATUSES]))
+        .group_by(TrackedJob.kind)
+    ).all()
+    polls = {
+        kind: {"jobs": int(n), "avg": round(float(avg or 0), 2), "max": int(top or 0)}
+        for kind, n, avg, top in finished
+    }
+
+    deliveries = dict.fromkeys((s.value for s in DeliveryStatus), 0)
+    for status, n in session.execute(
+        select(WebhookDelivery.status, func.count()).group_by(WebhookDelivery.status)
+    ).all():
+        deliveries[status] = int(n)
+
+    providers = [
+        provider_dict(state, now=now)
+        for state in session.execute(select(ProviderState).order_by(ProviderState.kind)).scalars()
+    ]
+    return {
+        "jobs": dict(sorted(jobs.items())),
+        "jobs_total": sum(row.count for row in counts),
+        "oldest_active": {s.value: oldest[s.value] for s in JobStatus if s.value in oldest},
+        "polls_per_finished_job": dict(sorted(polls.items())),
+        "deliveries": deliveries,
+        "providers": providers,
+    }
+
+
+def provider_dict(state: ProviderState, *, now: datetime) -> dict[str, Any]:
+    throttled = state.throttled_until is not None and state.throttled_until > now
+    return {
+        "kind": state.kind,
+        "paused": bool(state.paused),
+        "paused_reason": state.paused_reason if state.paused else None,
+        "paused_at": _ts(state.paused_at) if state.paused else None,
+        "next_probe_at": _ts(state.next_probe_at) if state.paused else None,
+        "throttled": throttled,
+        "throttled_until": _ts(state.throttled_until) if throttled else None,
+        "consecutive_throttles": state.consecutive_throttles,
+    }

@@ -1,0 +1,221 @@
+"""Prometheus metrics, served over HTTP by the worker when ``JOBTRACKER_METRICS_PORT`` > 0.
+
+Two sources:
+
+* **events** counted in this process as they happen (polls, provider errors, deliveries, ticks):
+  counters and histograms updated by one-line calls in :mod:`worker.poll`, :mod:`worker.tick`
+  and :mod:`worker.outbox`;
+* **state** read from the database at scrape time by :class:`DatabaseCollector` (jobs by kind
+  and status, the oldest active job, paused and throttled providers, pending callbacks). The
+  database is the source of truth shared by every worker, so these gauges are the same whichever
+  worker is scraped; they cost one ``GROUP BY`` over ``tracked_jobs`` plus two tiny queries.
+
+Workers run a *threads* pool (``worker_pool = "threads"``) in one process, so the default
+in-process registry sees every task and no multiprocess mode is needed. Should the pool ever fork
+(prefork), counters would have to be aggregated across children: set ``PROMETHEUS_MULTIPROC_DIR``
+to an empty directory before start and serve a ``MultiProcessCollector`` registry instead (see the
+prometheus-client documentation, "Multiprocess Mode").
+
+Metric names (all prefixed ``jobtracker_``): ``polls_total{kind,outcome}``,
+``poll_duration_seconds{kind}``, ``api_errors_total{kind,code}``,
+``deliveries_total{outcome}``, ``delivery_duration_seconds``, ``tick_duration_seconds``,
+``jobs{kind,status}``, ``oldest_active_job_age_seconds{kind,status}``,
+``provider_paused{kind}``, ``provider_throttled{kind}``, ``deliveries_pending``,
+``database_up``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from models import DeliveryStatus, JobStatus, WebhookDelivery, utcnow
+from worker.errors import ErrorClass, ThrottledError
+from worker.providers.table import PROVIDERS
+
+if TYPE_CHECKING:
+    from worker.errors import ProviderError
+    from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+POLLS = Counter(
+    "jobtracker_polls",
+    "Provider queries made, by kind and outcome (ok, transient, job_terminal, configuration, "
+    "throttled).",
+    ["kind", "outcome"],
+)
+POLL_SECONDS = Histogram(
+    "jobtracker_poll_duration_seconds",
+    "Time one provider query took (network and parsing), by kind.",
+    ["kind"],
+    buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+API_ERRORS = Counter(
+    "jobtracker_api_errors",
+    "Provider error answers and transport faults, by kind and error code.",
+    ["kind", "code"],
+)
+DELIVERIES = Counter(
+    "jobtracker_deliveries",
+    "Callback attempts by outcome: delivered, retry (another attempt is scheduled), failed "
+    "(given up).",
+    ["outcome"],
+)
+DELIVERY_SECONDS = Histogram(
+    "jobtracker_delivery_duration_seconds",
+    "Time one callback attempt took, until the receiver's answer or the error.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0),
+)
+TICK_SECONDS = Histogram(
+    "jobtracker_tick_duration_seconds",
+    "Time one tick took to claim due jobs and send their poll tasks.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+
+
+def record_poll(kind: str, error: ProviderError | None, error_class: ErrorClass | None) -> None:
+    """Count one provider query: ``error`` None means the provider answered."""
+    if error is None:
+        outcome = "ok"
+    elif isinstance(error, ThrottledError):
+        outcome = "throttled"
+    else:
+        outcome = str(error_class or error.error_class)
+    POLLS.labels(kind, outcome).inc()
+    if error is not None:
+        API_ERRORS.labels(kind, error.code).inc()
+
+
+def record_delivery(status: object, latency_ms: int | None) -> None:
+    """Count one callback attempt; ``status`` is the message's new status (None: retrying)."""
+    outcome = {
+        DeliveryStatus.DELIVERED.value: "delivered",
+        DeliveryStatus.FAILED.value: "failed",
+    }.get(str(status), "retry")
+    DELIVERIES.labels(outcome).inc()
+    if latency_ms:  # 0: refused before any network traffic (no secret, unsafe URL)
+        DELIVERY_SECONDS.observe(latency_ms / 1000)
+
+
+class DatabaseCollector(Collector):
+    """Gauges read from the database at scrape time."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def describe(self) -> Iterator[Metric]:
+        # Without describe(), registering would call collect() and query the database.
+        yield from self._families()
+
+    def _families(self) -> tuple[GaugeMetricFamily, ...]:
+        return (
+            GaugeMetricFamily(
+                "jobtracker_jobs", "Tracked jobs by kind and status.", labels=["kind", "status"]
+            ),
+            GaugeMetricFamily(
+                "jobtracker_oldest_active_job_age_seconds",
+                "Age of the oldest job still pending, queued or running, by kind and status.",
+                labels=["kind", "status"],
+            ),
+            GaugeMetricFamily(
+                "jobtracker_provider_paused",
+                "1 while a configuration error (AuthFailure...) has polling of the kind paused.",
+                labels=["kind"],
+            ),
+            GaugeMetricFamily(
+                "jobtracker_provider_throttled",
+                "1 while the provider's rate limit has every poll of the kind backed off.",
+                labels=["kind"],
+            ),
+            GaugeMetricFamily(
+                "jobtracker_deliveries_pending",
+                "Callback messages waiting for their first or next attempt.",
+            ),
+            GaugeMetricFamily(
+                "jobtracker_database_up", "1 if the last scrape could read the database."
+            ),
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        from worker.db import session_scope
+        from worker.inspection import job_counts
+        from worker.provider_state import load_states
+
+        jobs, oldest, paused, throttled, pending, up = self._families()
+        now = utcnow()
+        try:
+            with session_scope(self.settings) as session:
+                counts = job_counts(session)
+                states = load_states(session)
+                pending_n = session.execute(
+                    select(func.count())
+                    .select_from(WebhookDelivery)
+                    .where(WebhookDelivery.status == DeliveryStatus.PENDING.value)
+                ).scalar_one()
+        except Exception as exc:
+            log.warning("metrics: cannot read the database: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        by_key = {(c.kind, c.status): c for c in counts}
+        kinds = sorted(set(PROVIDERS) | {c.kind for c in counts})
+        for kind in kinds:
+            for status in JobStatus:
+                row = by_key.get((kind, status.value))
+                jobs.add_metric([kind, status.value], row.count if row else 0)
+                if row and not status.is_terminal and row.oldest_created_at is not None:
+                    age_s = max(0.0, (now - row.oldest_created_at).total_seconds())
+                    oldest.add_metric([kind, status.value], age_s)
+            state = states.get(kind)
+            paused.add_metric([kind], 1 if state is not None and state.paused else 0)
+            is_throttled = (
+                state is not None
+                and state.throttled_until is not None
+                and state.throttled_until > now
+            )
+            throttled.add_metric([kind], 1 if is_throttled else 0)
+        pending.add_metric([], int(pending_n))
+        up.add_metric([], 1)
+        yield from (jobs, oldest, paused, throttled, pending, up)
+
+
+_lock = threading.Lock()
+_serving_port: int | None = None
+
+
+def start_metrics_server(settings: Settings, *, addr: str = "0.0.0.0") -> int | None:
+    """Serve ``/metrics`` on ``settings.metrics_port`` (once per process); return the port.
+
+    Does nothing when the port is 0. A port already taken is logged, not fatal: the worker's
+    job is polling, and a metrics endpoint must never stop it.
+    """
+    global _serving_port
+    if settings.metrics_port <= 0:
+        return None
+    with _lock:
+        if _serving_port is not None:
+            return _serving_port
+        collector = DatabaseCollector(settings)
+        REGISTRY.register(collector)
+        try:
+            start_http_server(settings.metrics_port, addr=addr)
+        except OSError as exc:
+            REGISTRY.unregister(collector)
+            log.error(
+                "metrics endpoint not started: %s",
+                exc,
+                extra={"port": settings.metrics_port},
+            )
+            return None
+        _serving_port = settings.metrics_port
+    log.info("metrics endpoint listening", extra={"port": settings.metrics_port, "addr": addr})
+    return _serving_port

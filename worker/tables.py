@@ -1,0 +1,272 @@
+"""Plain-text rendering for the CLI: aligned tables, ages, and the ``show`` / ``stats`` pages.
+
+Input is the JSON-ready dicts of :mod:`worker.inspection`, so the text and ``--json`` outputs
+always say the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from models import JobStatus
+
+#: Cells longer than this are cut (with an ellipsis) in tables; ``show`` prints them whole.
+MAX_CELL = 60
+
+
+def format_age(seconds: float) -> str:
+    """``42s``, ``12m05s``, ``3h12m``, ``2d04h``."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def format_time(value: str | None, now: datetime | None = None) -> str:
+    """An ISO timestamp as ``2024-05-01 12:03:04``, with its age when ``now`` is given."""
+    if not value:
+        return "-"
+    moment = datetime.fromisoformat(value)
+    text = moment.strftime("%Y-%m-%d %H:%M:%S")
+    if now is not None:
+        delta = (now - moment).total_seconds()
+        text += f" ({format_age(delta)} ago)" if delta >= 0 else f" (in {format_age(-delta)})"
+    return text
+
+
+def ago(value: str | None, now: datetime) -> str:
+    if not value:
+        return "-"
+    return format_age((now - datetime.fromisoformat(value)).total_seconds())
+
+
+def _text(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _cut(value: Any, limit: int) -> str:
+    text = " ".join(_text(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], *, max_cell: int = MAX_CELL
+) -> str:
+    """An aligned table; numeric columns are right-aligned, long cells cut at ``max_cell``."""
+    cells = [[_cut(c, max_cell) for c in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    numeric = [
+        any(_is_number(r[i]) for r in rows) and all(_is_number(r[i]) or r[i] is None for r in rows)
+        for i in range(len(headers))
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(list(headers)), *(line(r) for r in cells)])
+
+
+def _error_text(job: Mapping[str, Any]) -> str | None:
+    if job.get("error"):
+        return f"{job['error']['code']}: {job['error']['message']}"
+    if job.get("last_error"):
+        return f"(retrying) {job['last_error']['code']}: {job['last_error']['message']}"
+    return None
+
+
+def jobs_table(jobs: Sequence[Mapping[str, Any]], now: datetime) -> str:
+    return table(
+        ["ID", "KIND", "REGION", "JOB_ID", "STATUS", "PROVIDER", "POLLS", "AGE", "ERROR"],
+        [
+            [
+                j["id"],
+                j["kind"],
+                j["region"],
+                j["job_id"],
+                j["status"],
+                j["provider_status"],
+                j["polls"],
+                ago(j["created_at"], now),
+                _error_text(j),
+            ]
+            for j in jobs
+        ],
+    )
+
+
+def _last_result(d: Mapping[str, Any]) -> str | None:
+    if d["last_error"]:
+        return d["last_error"]
+    return None if d["last_status_code"] is None else f"HTTP {d['last_status_code']}"
+
+
+def deliveries_table(deliveries: Sequence[Mapping[str, Any]], now: datetime) -> str:
+    return table(
+        ["ID", "JOB", "EVENT", "STATUS", "ATTEMPTS", "LAST", "NEXT", "AGE", "URL"],
+        [
+            [
+                d["id"],
+                d["tracked_job_id"],
+                d["event_type"],
+                d["status"],
+                d["attempts"],
+                _last_result(d),
+                _next(d, now),
+                ago(d["created_at"], now),
+                d["url"],
+            ]
+            for d in deliveries
+        ],
+    )
+
+
+def _next(d: Mapping[str, Any], now: datetime) -> str:
+    if not d["next_attempt_at"]:
+        return "-"
+    delta = (datetime.fromisoformat(d["next_attempt_at"]) - now).total_seconds()
+    return "now" if delta <= 0 else f"in {format_age(delta)}"
+
+
+def job_page(detail: Mapping[str, Any], now: datetime) -> str:
+    """``jobtracker show``: the job, its history, its callbacks and their attempts."""
+    job = detail["job"]
+    fields: list[tuple[str, Any]] = [
+        ("id", job["id"]),
+        ("kind", job["kind"]),
+        ("region", job["region"]),
+        ("job_id", job["job_id"]),
+        ("status", job["status"]),
+        ("provider_status", job["provider_status"]),
+        ("error", job["error"] and f"{job['error']['code']}: {job['error']['message']}"),
+        (
+            "last_error",
+            job["last_error"] and f"{job['last_error']['code']}: {job['last_error']['message']}",
+        ),
+        ("polls", job["polls"]),
+        ("created_at", format_time(job["created_at"], now)),
+        ("last_polled_at", format_time(job["last_polled_at"], now)),
+        ("next_poll_at", format_time(job["next_poll_at"], now)),
+        ("deadline_at", format_time(job["deadline_at"], now)),
+        ("finished_at", format_time(job["finished_at"], now)),
+        ("callback_url", job["callback_url"]),
+        ("metadata", job["metadata"] or None),
+        ("result", job["result"]),
+        ("result_expires_at", format_time(job["result_expires_at"], now)),
+    ]
+    width = max(len(name) for name, _ in fields)
+    lines = [f"{name.ljust(width)}  {_text(value)}" for name, value in fields]
+
+    lines += ["", f"Transitions ({len(detail['transitions'])})"]
+    if detail["transitions"]:
+        lines.append(
+            table(
+                ["AT", "FROM", "TO", "PROVIDER", "REQUEST_ID", "REASON"],
+                [
+                    [
+                        format_time(t["at"]),
+                        t["from_status"],
+                        t["to_status"],
+                        t["provider_status"],
+                        t["request_id"],
+                        t["reason"],
+                    ]
+                    for t in detail["transitions"]
+                ],
+                max_cell=300,
+            )
+        )
+
+    lines += ["", f"Deliveries ({len(detail['deliveries'])})"]
+    if not detail["deliveries"] and not job["callback_url"]:
+        lines.append("no callback URL: nothing to deliver")
+    for d in detail["deliveries"]:
+        lines.append(
+            f"{d['id']}  {d['event_type']}  {d['status']}  attempts={d['attempts']}"
+            + (f"  next {_next(d, now)}" if d["next_attempt_at"] else "")
+            + f"  {d['url']}"
+        )
+        attempts = d.get("attempt_log") or []
+        if attempts:
+            rows = [
+                [
+                    format_time(a["attempted_at"]),
+                    a["status_code"],
+                    a["error_class"],
+                    a["latency_ms"],
+                    a["error_message"],
+                ]
+                for a in attempts
+            ]
+            table_text = table(["AT", "HTTP", "ERROR", "MS", "MESSAGE"], rows, max_cell=300)
+            lines.extend("  " + row for row in table_text.splitlines())
+    return "\n".join(lines)
+
+
+def stats_page(stats: Mapping[str, Any]) -> str:
+    """``jobtracker stats`` as text."""
+    statuses = [s.value for s in JobStatus]
+    rows: list[list[Any]] = []
+    totals = dict.fromkeys(statuses, 0)
+    for kind, counts in stats["jobs"].items():
+        rows.append([kind, *(counts[s] for s in statuses), sum(counts.values())])
+        for s in statuses:
+            totals[s] += counts[s]
+    rows.append(["total", *(totals[s] for s in statuses), stats["jobs_total"]])
+    lines = [table(["KIND", *(s.upper() for s in statuses), "TOTAL"], rows), ""]
+
+    oldest = stats["oldest_active"]
+    lines.append(
+        "oldest active job: "
+        + (
+            ", ".join(
+                f"{status} {format_age(o['age_s'])} ({o['kind']})" for status, o in oldest.items()
+            )
+            or "none"
+        )
+    )
+    polls = stats["polls_per_finished_job"]
+    lines.append(
+        "polls per finished job: "
+        + (
+            "; ".join(
+                f"{kind} avg {p['avg']:g}, max {p['max']} over {p['jobs']} jobs"
+                for kind, p in polls.items()
+            )
+            or "no finished job yet"
+        )
+    )
+    lines.append("deliveries: " + ", ".join(f"{s} {n}" for s, n in stats["deliveries"].items()))
+    troubled = [p for p in stats["providers"] if p["paused"] or p["throttled"]]
+    if not troubled:
+        lines.append("providers: none paused or throttled")
+    for p in troubled:
+        if p["paused"]:
+            lines.append(
+                f"provider {p['kind']}: PAUSED since {format_time(p['paused_at'])}: "
+                f"{p['paused_reason']} (next probe {format_time(p['next_probe_at'])})"
+            )
+        if p["throttled"]:
+            lines.append(
+                f"provider {p['kind']}: throttled until {format_time(p['throttled_until'])} "
+                f"({p['consecutive_throttles']} in a row)"
+            )
+    return "\n".join(lines)
