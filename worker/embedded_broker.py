@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 class Channel(filesystem.Channel):
-    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+    # kombu's own classes disagree on this parameter's name (message / payload).
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
         final = os.path.join(self.data_folder_out, name)
         # A leading dot keeps the half-written file out of every consumer's listing.
@@ -38,7 +39,7 @@ class Channel(filesystem.Channel):
         except OSError as exc:
             raise ChannelError(f"cannot add a message to {self.data_folder_out!r}") from exc
 
-    def _get(self, queue: str) -> Any:
+    def _get(self, queue: str, timeout: float | None = None) -> Any:
         while True:
             try:
                 return super()._get(queue)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -72,8 +73,39 @@ def create_delivery(session: Session, job: TrackedJob, *, now: datetime) -> str:
     return delivery_id
 
 
+#: Threads that send callbacks right after their transition commits, in the committing process.
+DELIVERY_THREADS = 4
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def deliver_soon(delivery_ids: Iterable[str], settings: Settings) -> None:
+    """Send freshly committed messages now, on this process's delivery threads.
+
+    Not through the broker: a callback must not queue behind poll batches that wait for
+    rate-limit slots. If this process dies first, the messages are still in the outbox and the
+    sweep sends them.
+    """
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(
+                DELIVERY_THREADS, thread_name_prefix="jobtracker-deliver"
+            )
+        executor = _executor
+    for delivery_id in delivery_ids:
+        executor.submit(_deliver_logged, delivery_id, settings)
+
+
+def _deliver_logged(delivery_id: str, settings: Settings) -> None:
+    try:
+        deliver_one(delivery_id, settings)
+    except Exception:  # the lease runs out and the sweep retries; say why it failed
+        log.exception("delivery failed unexpectedly", extra={"delivery_id": delivery_id})
+
+
 def dispatch_deliveries(delivery_ids: Iterable[str]) -> None:
-    """Ask a worker to send these messages now. A lost request only waits for the sweep."""
+    """Ask the workers to send these messages (the sweep). A lost request waits for the next."""
     from worker.tasks import deliver
 
     for delivery_id in delivery_ids:
@@ -84,7 +116,9 @@ def dispatch_deliveries(delivery_ids: Iterable[str]) -> None:
 
 
 def _lease_s(policy: DeliveryPolicy) -> float:
-    return policy.total_timeout_s + 30.0
+    # An attempt ends within total_timeout_s (the sender enforces it), so a lease a little longer
+    # means a sender that died mid-POST delays the retry by at most this much.
+    return policy.total_timeout_s + 5.0
 
 
 def deliver_one(

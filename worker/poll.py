@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import random
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,14 +27,15 @@ from worker.errors import ErrorClass, ProviderError, ThrottledError
 from worker.policy import PollPolicy
 from worker.providers.client import ProviderClient, get_client
 from worker.providers.normalize import Answer, effective_error_class
-from worker.ratelimit import get_rate_limiter
+from worker.ratelimit import get_rate_limiter, slot_times
 from worker.settings import Settings
 from worker.transition import TransitionConflict, transition
 
 log = logging.getLogger(__name__)
 
-#: How long a poll may wait for a rate-limit slot before releasing its job to a later tick.
-MAX_SLOT_WAIT_S = 10.0
+#: How long a batch may wait for its rate-limit slots, in ticks; jobs whose slot would come later
+#: are released to a later tick instead of holding a worker thread asleep.
+MAX_SLOT_WAIT_TICKS = 2.0
 #: A released job (not polled: provider throttled, paused, or out of slots) is due again after.
 RELEASE_DELAY_S = 1.0
 
@@ -155,7 +158,9 @@ def poll_batch(
     outcomes: list[Outcome] = []
     provider_ok = False
 
-    for job, lease in owned:
+    slots: deque[float] = deque()
+    max_wait = settings.tick_seconds * MAX_SLOT_WAIT_TICKS
+    for index, (job, lease) in enumerate(owned):
         now = utcnow()
         outcome = Outcome(job=job, lease=lease)
         outcomes.append(outcome)
@@ -171,14 +176,18 @@ def poll_batch(
         if stop_until is not None:
             outcome.next_poll_at = stop_until
             continue
-        try:
-            got_slot = limiter.acquire(kind, settings.qps[kind], MAX_SLOT_WAIT_S)
-        except Exception as exc:  # the shared limiter (Redis) is down: do not poll blind
-            log.warning("rate limiter unavailable: %s", exc, extra={"kind": kind})
-            got_slot = False
-        if not got_slot:
+        if not slots:
+            # Slots for the rest of the batch in one call (one Redis round trip per batch).
+            try:
+                slots.extend(
+                    slot_times(limiter, kind, settings.qps[kind], len(owned) - index, max_wait)
+                )
+            except Exception as exc:  # the shared limiter (Redis) is down: do not poll blind
+                log.warning("rate limiter unavailable: %s", exc, extra={"kind": kind})
+        if not slots:
             outcome.next_poll_at = now + timedelta(seconds=RELEASE_DELAY_S * (1 + rand()))
             continue
+        time.sleep(max(0.0, slots.popleft() - time.monotonic()))
         outcome.polled = True
         try:
             # Inside the try: a missing credential is a configuration error like AuthFailure.
@@ -234,9 +243,9 @@ def _finish(
         if any(o.answer is not None for o in outcomes):
             provider_state.clear_throttle(session, kind, now)
     if report.delivery_ids:
-        from worker.outbox import dispatch_deliveries
+        from worker.outbox import deliver_soon
 
-        dispatch_deliveries(report.delivery_ids)
+        deliver_soon(report.delivery_ids, settings)
 
 
 def write_outcomes(

@@ -1,13 +1,15 @@
 """A per-provider rate limit shared by every worker.
 
-GCRA (the "virtual scheduling" form of a token bucket): each call reserves the next free slot,
-slots are ``1 / qps`` apart, and the caller sleeps until its slot. With Redis the slot pointer
-lives in one key that every worker updates atomically (a Lua script using the server's clock), so
-all workers together never exceed the limit. Without Redis (the embedded broker: one process) the
-same arithmetic runs under a lock.
+GCRA (the "virtual scheduling" form of a token bucket): calls take the next free slots, slots are
+``1 / qps`` apart, and a caller sleeps until its slot. With Redis the slot pointer lives in one
+key that every worker moves atomically (a Lua script on the server's clock), so all workers
+together never exceed the limit. Without Redis (the embedded broker: one process) the same
+arithmetic runs under a lock.
 
-Slots are spaced evenly with no burst, because the provider counts requests per second: a burst
-at a second boundary would be throttled even when the average is under the limit.
+A poll batch reserves the slots for all its jobs in one call (one Redis round trip per batch,
+not per poll), as many as fit within ``max_wait_s``. Slots are spaced evenly with no burst,
+because the provider counts requests per second: a burst at a second boundary would be throttled
+even when the average is under the limit.
 """
 
 from __future__ import annotations
@@ -16,26 +18,47 @@ import threading
 import time
 from typing import Protocol
 
-#: Reserve a slot unless it is more than ARGV[2] microseconds away; return the wait in
-#: microseconds (0 = go now), or -wait when the slot is too far to reserve.
+#: Reserve up to ARGV[3] slots ARGV[1] microseconds apart, all within ARGV[2] microseconds from
+#: now; return {wait before the first slot, slots reserved} (0 slots: the next is too far away).
 _GCRA_LUA = """
 local interval = tonumber(ARGV[1])
 local max_wait = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local wait = tat - now
-if wait > max_wait then return -wait end
-redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', math.floor(wait / 1000) + 60000)
-return wait
+if wait > max_wait then return {wait, 0} end
+local n = math.min(want, math.floor((max_wait - wait) / interval) + 1)
+local until_us = tat + n * interval
+redis.call('SET', KEYS[1], tostring(until_us), 'PX', math.floor((until_us - now) / 1000) + 60000)
+return {wait, n}
 """
 
 
 class RateLimiter(Protocol):
-    def acquire(self, key: str, qps: float, max_wait_s: float) -> bool:
-        """Wait for a slot; False if the next slot is further than ``max_wait_s`` away."""
+    def reserve(self, key: str, qps: float, n: int, max_wait_s: float) -> tuple[float, int]:
+        """Reserve up to ``n`` slots starting within ``max_wait_s``; return (wait, count)."""
         ...
+
+
+def slot_times(
+    limiter: RateLimiter, key: str, qps: float, n: int, max_wait_s: float
+) -> list[float]:
+    """``time.monotonic()`` instants of up to ``n`` reserved slots (empty: none within reach)."""
+    wait, count = limiter.reserve(key, qps, n, max_wait_s)
+    start = time.monotonic() + wait
+    return [start + i / qps for i in range(count)]
+
+
+def acquire(limiter: RateLimiter, key: str, qps: float, max_wait_s: float) -> bool:
+    """Wait for one slot; False if the next slot is further than ``max_wait_s`` away."""
+    slots = slot_times(limiter, key, qps, 1, max_wait_s)
+    if not slots:
+        return False
+    time.sleep(max(0.0, slots[0] - time.monotonic()))
+    return True
 
 
 class LocalRateLimiter:
@@ -45,22 +68,21 @@ class LocalRateLimiter:
         self._lock = threading.Lock()
         self._tat: dict[str, float] = {}
 
-    def reserve(self, key: str, qps: float, max_wait_s: float, now: float) -> float | None:
+    def reserve_at(
+        self, key: str, qps: float, n: int, max_wait_s: float, now: float
+    ) -> tuple[float, int]:
+        interval = 1.0 / qps
         with self._lock:
             tat = max(self._tat.get(key, 0.0), now)
             wait = tat - now
             if wait > max_wait_s:
-                return None
-            self._tat[key] = tat + 1.0 / qps
-            return wait
+                return wait, 0
+            count = min(n, int((max_wait_s - wait) / interval + 1e-9) + 1)
+            self._tat[key] = tat + count * interval
+            return wait, count
 
-    def acquire(self, key: str, qps: float, max_wait_s: float) -> bool:
-        wait = self.reserve(key, qps, max_wait_s, time.monotonic())
-        if wait is None:
-            return False
-        if wait > 0:
-            time.sleep(wait)
-        return True
+    def reserve(self, key: str, qps: float, n: int, max_wait_s: float) -> tuple[float, int]:
+        return self.reserve_at(key, qps, n, max_wait_s, time.monotonic())
 
 
 class RedisRateLimiter:
@@ -73,16 +95,12 @@ class RedisRateLimiter:
         self._script = self._redis.register_script(_GCRA_LUA)
         self._prefix = prefix
 
-    def acquire(self, key: str, qps: float, max_wait_s: float) -> bool:
-        micros = self._script(
-            keys=[self._prefix + key], args=[int(1_000_000 / qps), int(max_wait_s * 1_000_000)]
+    def reserve(self, key: str, qps: float, n: int, max_wait_s: float) -> tuple[float, int]:
+        wait_us, count = self._script(
+            keys=[self._prefix + key],
+            args=[max(1, int(1_000_000 / qps)), int(max_wait_s * 1_000_000), max(1, n)],
         )
-        wait = int(micros)
-        if wait < 0:
-            return False
-        if wait > 0:
-            time.sleep(wait / 1_000_000)
-        return True
+        return int(wait_us) / 1_000_000, int(count)
 
 
 _limiters: dict[str, RateLimiter] = {}

@@ -43,8 +43,12 @@ class Claim:
 
 
 def claim_limit(settings: Settings, kind: str) -> int:
-    """What the rate limit lets one kind poll before the next tick, with some slack."""
-    per_tick = settings.qps[kind] * settings.tick_seconds * 1.5
+    """What the rate limit lets one kind poll before the next tick.
+
+    No more: jobs claimed beyond that would hold worker threads asleep waiting for rate-limit
+    slots, starving the other kinds' polls.
+    """
+    per_tick = settings.qps[kind] * settings.tick_seconds
     return max(1, min(MAX_CLAIM_PER_KIND, math.ceil(per_tick)))
 
 

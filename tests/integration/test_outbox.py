@@ -28,10 +28,10 @@ def delivered_now(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Run the 'send right after commit' step inline instead of through a broker."""
     sent: list[str] = []
 
-    def inline(ids: list[str]) -> None:
+    def inline(ids: list[str], settings: object = None) -> None:
         sent.extend(ids)
 
-    monkeypatch.setattr(outbox, "dispatch_deliveries", inline)
+    monkeypatch.setattr(outbox, "deliver_soon", inline)
     return sent
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
-from worker.ratelimit import RedisRateLimiter
+from worker.ratelimit import RedisRateLimiter, acquire, slot_times
 
 
 def test_workers_together_never_exceed_the_limit(redis_url: str) -> None:
@@ -17,7 +18,7 @@ def test_workers_together_never_exceed_the_limit(redis_url: str) -> None:
     def worker() -> None:
         limiter = RedisRateLimiter(redis_url)  # each "worker" its own connection
         while time.monotonic() < stop:
-            if limiter.acquire("video_face_fusion", qps, max_wait_s=0.5):
+            if acquire(limiter, "video_face_fusion", qps, max_wait_s=0.5):
                 with lock:
                     stamps.append(time.monotonic())
 
@@ -37,7 +38,21 @@ def test_workers_together_never_exceed_the_limit(redis_url: str) -> None:
 
 def test_a_slot_too_far_away_is_refused_not_reserved(redis_url: str) -> None:
     limiter = RedisRateLimiter(redis_url)
-    assert limiter.acquire("image_animate", 1.0, max_wait_s=0.0)
+    assert acquire(limiter, "image_animate", 1.0, max_wait_s=0.0)
     started = time.monotonic()
-    assert not limiter.acquire("image_animate", 1.0, max_wait_s=0.1)
+    assert not acquire(limiter, "image_animate", 1.0, max_wait_s=0.1)
     assert time.monotonic() - started < 0.1
+
+
+def test_a_batch_reserves_its_slots_in_one_call(redis_url: str) -> None:
+    """Slots of one batch and of a concurrent one interleave without overlapping."""
+    a, b = RedisRateLimiter(redis_url), RedisRateLimiter(redis_url)
+    first = slot_times(a, "k", 10.0, 5, max_wait_s=10)
+    second = slot_times(b, "k", 10.0, 5, max_wait_s=10)
+    assert len(first) == len(second) == 5
+    everything = sorted(first + second)
+    gaps = [y - x for x, y in itertools.pairwise(everything)]
+    assert min(gaps) >= 0.1 - 0.01  # never two slots closer than 1/qps
+    assert second[0] >= first[-1] + 0.1 - 0.01
+    # Only what fits within max_wait is reserved.
+    assert len(slot_times(a, "k", 10.0, 50, max_wait_s=0.5)) <= 6

@@ -11,7 +11,11 @@ def connect(folder: Path) -> Connection:
     return Connection(
         "filesystem://",
         transport="worker.embedded_broker:Transport",
-        transport_options={"data_folder_in": str(folder), "data_folder_out": str(folder)},
+        transport_options={
+            "data_folder_in": str(folder),
+            "data_folder_out": str(folder),
+            "control_folder": str(folder / "control"),
+        },
     )
 
 

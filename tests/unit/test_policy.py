@@ -42,14 +42,19 @@ def test_provider_throttle_and_probe_backoff() -> None:
 
 def test_local_rate_limiter_spaces_slots_evenly() -> None:
     limiter = LocalRateLimiter()
-    waits = [limiter.reserve("k", qps=10, max_wait_s=1, now=100.0) for _ in range(5)]
-    assert waits == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+    assert [limiter.reserve_at("k", 10, 1, 1, now=100.0) for _ in range(3)] == [
+        (0.0, 1),
+        (pytest.approx(0.1), 1),
+        (pytest.approx(0.2), 1),
+    ]
+    # A batch takes as many slots as fit within max_wait, in one call.
+    wait, count = limiter.reserve_at("k", 10, 50, 1, now=100.0)
+    assert (wait, count) == (pytest.approx(0.3), 8)  # 0.3, 0.4, ..., 1.0
     # A slot further away than max_wait is refused, not reserved.
-    for _ in range(5):
-        limiter.reserve("k", qps=10, max_wait_s=1, now=100.0)
-    assert limiter.reserve("k", qps=10, max_wait_s=0.95, now=100.0) is None
+    assert limiter.reserve_at("k", 10, 1, 0.95, now=100.0)[1] == 0
+    assert limiter.reserve_at("k", 10, 1, 2, now=100.0) == (pytest.approx(1.1), 1)
     # Idle time is not banked: after a pause, no burst.
-    assert limiter.reserve("k", qps=10, max_wait_s=1, now=200.0) == 0.0
-    assert limiter.reserve("k", qps=10, max_wait_s=1, now=200.0) == pytest.approx(0.1)
+    assert limiter.reserve_at("k", 10, 3, 0, now=200.0) == (0.0, 1)
+    assert limiter.reserve_at("k", 10, 1, 1, now=200.0) == (pytest.approx(0.1), 1)
     # Keys are independent.
-    assert limiter.reserve("other", qps=10, max_wait_s=1, now=100.0) == 0.0
+    assert limiter.reserve_at("other", 10, 1, 1, now=100.0) == (0.0, 1)
