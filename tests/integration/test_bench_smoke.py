@@ -1,0 +1,69 @@
+"""Every benchmark script runs with ``--quick`` and prints its figures (no timing is asserted:
+the figures depend on the machine; this only keeps the scripts from rotting)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import services
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+FIGURE = re.compile(r"^figure: (\w+) = (\S+)", re.MULTILINE)
+
+#: script -> the figures it must print (a number, not n/a)
+SCRIPTS = {
+    "throughput.py": {
+        "bare_loop_polls_per_s",
+        "jobtracker_polls_per_s",
+        "ratio_jobtracker_to_bare",
+    },
+    "rate.py": {"sustained_calls_per_s", "throttled_percent"},
+    "tick_cost.py": {
+        "claim_due_ms_small",
+        "claim_due_ms_large",
+        "claim_due_ratio_large_to_small",
+        "claim_all_ms_small",
+        "claim_all_ms_large",
+        "claim_all_ratio_large_to_small",
+    },
+    "worker_rss.py": {"rss_mib_small", "rss_mib_large", "rss_ratio_large_to_small"},
+    "webhook_latency.py": {
+        "latency_p50_ms",
+        "latency_p99_ms",
+        "latency_max_ms",
+        "deliveries_per_s",
+    },
+}
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_bench_script_prints_its_figures(script: str) -> None:
+    services.require("PostgreSQL", services.pg_error())
+    services.require("Redis", services.redis_error())
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("JOBTRACKER_", "TENCENTCLOUD_")) or k.startswith("JOBTRACKER_TEST_")
+    }
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), "--quick"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=220,
+    )
+    assert done.returncode == 0, f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    figures = dict(FIGURE.findall(done.stdout))
+    assert SCRIPTS[script] <= set(figures), f"{script} printed only {sorted(figures)}"
+    missing = [name for name in SCRIPTS[script] if figures[name] == "n/a"]
+    assert not missing, f"{script} measured nothing for {missing}:\n{done.stdout}"
+    assert "(target" in done.stdout, f"{script} printed no target"
