@@ -51,26 +51,26 @@ def _http() -> requests.Session:
     return session
 
 
-def create_delivery(session: Session, job: TrackedJob, *, now: datetime) -> str:
-    """Write the callback message for ``job``'s terminal status; return its ``webhook-id``."""
+def delivery_row(job: TrackedJob, *, now: datetime) -> dict[str, Any]:
+    """The callback message for ``job``'s terminal status, as a ``webhook_deliveries`` row.
+
+    Written by :func:`worker.transition.transition_many` in the transition's transaction; its
+    ``id`` is the ``webhook-id``.
+    """
     data = job.to_dict()
     payload = build_payload(f"job.{job.status}", {k: data[k] for k in PAYLOAD_FIELDS}, now=now)
-    delivery_id = new_message_id()
-    session.execute(
-        insert(WebhookDelivery).values(
-            id=delivery_id,
-            tracked_job_id=job.id,
-            event_type=payload["type"],
-            url=job.callback_url,
-            payload=payload,
-            status=DeliveryStatus.PENDING.value,
-            attempts=0,
-            next_attempt_at=now,
-            created_at=now,
-            updated_at=now,
-        )
-    )
-    return delivery_id
+    return {
+        "id": new_message_id(),
+        "tracked_job_id": job.id,
+        "event_type": payload["type"],
+        "url": job.callback_url,
+        "payload": payload,
+        "status": DeliveryStatus.PENDING.value,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 #: Threads that send callbacks right after their transition commits, in the committing process.

@@ -29,7 +29,7 @@ from worker.providers.client import ProviderClient, get_client
 from worker.providers.normalize import Answer, effective_error_class
 from worker.ratelimit import get_rate_limiter, slot_times
 from worker.settings import Settings
-from worker.transition import TransitionConflict, transition
+from worker.transition import Move, transition_many
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,27 @@ log = logging.getLogger(__name__)
 MAX_SLOT_WAIT_TICKS = 2.0
 #: A released job (not polled: provider throttled, paused, or out of slots) is due again after.
 RELEASE_DELAY_S = 1.0
+
+_JOBS = TrackedJob.__table__
+assert isinstance(_JOBS, Table)
+#: A poll that changed no status: counters, next poll time, last error; only while we hold the
+#: lease (a row re-claimed by another worker after our lease ran out is theirs).
+_TOUCH = (
+    update(_JOBS)
+    .where(_JOBS.c.id == bindparam("b_id"), _JOBS.c.lease_expires_at == bindparam("b_lease"))
+    .values(
+        polls=bindparam("b_polls"),
+        last_polled_at=bindparam("b_last_polled_at"),
+        next_poll_at=bindparam("b_next_poll_at"),
+        provider_status=bindparam("b_provider_status"),
+        last_error_code=bindparam("b_last_error_code"),
+        last_error_message=bindparam("b_last_error_message"),
+        consecutive_errors=bindparam("b_consecutive_errors"),
+        deadline_at=bindparam("b_deadline_at"),
+        lease_expires_at=None,
+        updated_at=bindparam("b_now"),
+    )
+)
 
 
 @dataclass
@@ -251,8 +272,10 @@ def _finish(
 def write_outcomes(
     session: Session, outcomes: list[Outcome], now: datetime, report: BatchReport
 ) -> None:
-    """Write a batch's outcomes: transitions one by one, the rest in one executemany UPDATE."""
+    """Write a batch's outcomes: the status changes through :func:`transition_many`, the rest
+    (counters, next poll time, last error) in one executemany UPDATE guarded by the lease."""
     plain: list[dict[str, Any]] = []
+    moves: list[Move] = []
     for outcome in outcomes:
         job = outcome.job
         counters: dict[str, Any] = {}
@@ -269,37 +292,16 @@ def write_outcomes(
             request_id = (answer.request_id if answer else None) or (
                 outcome.error.request_id if outcome.error else None
             )
-            try:
-                result = transition(
-                    session,
-                    job.id,
-                    job.job_status,
+            moves.append(
+                Move(
+                    job,
                     outcome.to_status,
-                    now=now,
                     provider_status=answer.provider_status if answer else None,
                     request_id=request_id,
                     reason=outcome.reason,
                     values=values,
                 )
-            except TransitionConflict:
-                log.info(
-                    "job changed under the poll; answer dropped", extra={"tracked_job_id": job.id}
-                )
-                continue
-            report.transitions += 1
-            log.info(
-                "job %s -> %s",
-                job.status,
-                outcome.to_status.value,
-                extra={
-                    "kind": job.kind,
-                    "job_id": job.job_id,
-                    "tracked_job_id": job.id,
-                    "status": outcome.to_status.value,
-                },
             )
-            if result.delivery_id:
-                report.delivery_ids.append(result.delivery_id)
             continue
         if not outcome.polled:
             report.released += 1
@@ -321,25 +323,26 @@ def write_outcomes(
                 "b_deadline_at": outcome.values.get("deadline_at", job.deadline_at),
             }
         )
-    if plain:
-        table = TrackedJob.__table__
-        assert isinstance(table, Table)
-        session.execute(
-            update(table)
-            .where(
-                table.c.id == bindparam("b_id"), table.c.lease_expires_at == bindparam("b_lease")
-            )
-            .values(
-                polls=bindparam("b_polls"),
-                last_polled_at=bindparam("b_last_polled_at"),
-                next_poll_at=bindparam("b_next_poll_at"),
-                provider_status=bindparam("b_provider_status"),
-                last_error_code=bindparam("b_last_error_code"),
-                last_error_message=bindparam("b_last_error_message"),
-                consecutive_errors=bindparam("b_consecutive_errors"),
-                deadline_at=bindparam("b_deadline_at"),
-                lease_expires_at=None,
-                updated_at=now,
-            ),
-            plain,
+    applied, conflicts = transition_many(session, moves, now=now)
+    for move in conflicts:
+        log.info(
+            "job changed under the poll; answer dropped", extra={"tracked_job_id": move.job.id}
         )
+    for result in applied:
+        job = result.job
+        report.transitions += 1
+        log.info(
+            "job %s -> %s",
+            result.from_status.value,
+            job.status,
+            extra={
+                "kind": job.kind,
+                "job_id": job.job_id,
+                "tracked_job_id": job.id,
+                "status": job.status,
+            },
+        )
+        if result.delivery_id:
+            report.delivery_ids.append(result.delivery_id)
+    if plain:
+        session.connection().execute(_TOUCH, [{**row, "b_now": now} for row in plain])

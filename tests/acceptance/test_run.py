@@ -178,10 +178,21 @@ def run_through(
     finally:
         tracker.kill()
     assert set(statuses(url).values()) == {"succeeded"}
-    assert set(histories(url).values()) == {"pending>queued,queued>running,running>succeeded"}
+    for job_id, history in histories(url).items():
+        # An answer whose write was cut off (kill, restart) is simply not recorded, so a job may
+        # skip `queued`; but it never repeats or reverses a step.
+        assert history in FORWARD_HISTORIES, (job_id, history)
     assert sorted(receiver.unique_ids()) == sorted(
         str(r[0]) for r in query(url, "SELECT id FROM webhook_deliveries")
     )
+
+
+FORWARD_HISTORIES = {
+    "pending>queued,queued>running,running>succeeded",
+    "pending>running,running>succeeded",
+    "pending>queued,queued>succeeded",
+    "pending>succeeded",
+}
 
 
 def test_sigkill_mid_run_loses_no_job(
