@@ -76,12 +76,13 @@ def enqueue(
     kind: str, job_id: str, callback_url: str | None, region: str | None, metadata: str | None
 ) -> None:
     """Start tracking JOB_ID of KIND; print the tracked job as JSON."""
-    from worker.enqueue import track, validate
+    from worker.enqueue import enqueue as store
+    from worker.enqueue import validate
 
     settings = _settings()
     try:
         # Refuse bad input before touching the database.
-        validate(
+        request = validate(
             kind,
             job_id,
             callback_url=callback_url,
@@ -90,14 +91,7 @@ def enqueue(
             default_region=settings.region,
         )
         _ready_settings()
-        job = track(
-            kind,
-            job_id,
-            callback_url=callback_url,
-            region=region,
-            metadata=metadata,
-            settings=settings,
-        )
+        job = store(request, settings)
     except EnqueueError as exc:
         _fail(str(exc), 2)
     _print_json(job)

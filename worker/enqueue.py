@@ -178,6 +178,11 @@ def track(
         metadata=metadata,
         default_region=settings.region,
     )
+    return enqueue(request, settings)
+
+
+def enqueue(request: EnqueueRequest, settings: Settings) -> dict[str, Any]:
+    """Store a validated request (idempotently); return the tracked job as a dict."""
     with session_scope(settings) as session:
         job, created = insert_job(session, request)
         result = job.to_dict()

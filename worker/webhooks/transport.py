@@ -170,32 +170,34 @@ def _check_reused(conn: HTTPConnection) -> None:
         route.watchdog.watch(conn.sock)
 
 
-class _PinnedHTTPConnection(HTTPConnection):
+class _Pinned:
+    """Connects only to the route's checked addresses and arms its deadline watchdog.
+
+    Mixed into urllib3's HTTP and HTTPS connection classes (listed first, so these methods
+    wrap theirs).
+    """
+
+    sock: socket.socket | None
+
     def _new_conn(self) -> socket.socket:
-        return _pinned_socket(self, super()._new_conn)
+        return _pinned_socket(self, super()._new_conn)  # type: ignore[arg-type,misc]
 
     def connect(self) -> None:
-        super().connect()
+        super().connect()  # type: ignore[misc]
         if self.sock is not None:
-            _current_route(self).watchdog.watch(self.sock)
+            _current_route(self).watchdog.watch(self.sock)  # type: ignore[arg-type]
 
     def request(self, *args: Any, **kwargs: Any) -> None:
-        _check_reused(self)
-        super().request(*args, **kwargs)
+        _check_reused(self)  # type: ignore[arg-type]
+        super().request(*args, **kwargs)  # type: ignore[misc]
 
 
-class _PinnedHTTPSConnection(HTTPSConnection):
-    def _new_conn(self) -> socket.socket:
-        return _pinned_socket(self, super()._new_conn)
+class _PinnedHTTPConnection(_Pinned, HTTPConnection):
+    pass
 
-    def connect(self) -> None:
-        super().connect()
-        if self.sock is not None:
-            _current_route(self).watchdog.watch(self.sock)
 
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _check_reused(self)
-        super().request(*args, **kwargs)
+class _PinnedHTTPSConnection(_Pinned, HTTPSConnection):
+    pass
 
 
 class _PinnedHTTPConnectionPool(HTTPConnectionPool):
