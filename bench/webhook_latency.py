@@ -3,8 +3,8 @@
 1,000 jobs that succeed on their first poll, each with a callback URL on a verifying
 :class:`~worker.webhooks.receiver.Receiver` (same ``whsec_`` secret as jobtracker). The path is
 the real one: ``jobtracker run`` polls the fake provider (its own process), the transition writes
-the outbox row in its transaction, the ``jobtracker.deliver`` task goes through the Redis broker,
-and a worker thread POSTs the signed callback.
+the outbox row in its transaction, and right after the commit one of the worker process's
+delivery threads POSTs the signed callback.
 
 The commit time is observed, not guessed: a trigger on the benchmark's own database (the engine
 knows nothing of it) sends ``NOTIFY`` with the ``webhook-id`` when the outbox row is inserted;
@@ -14,8 +14,8 @@ of the first verified delivery - that moment, in the same process.
 
 Jobs finish at the pace of jobtracker's QPS limit (the default, 20/s, unless ``--qps``), so
 callbacks are sent while polls go on: a steady load, not one burst of 1,000. The backlog (1,000
-due jobs at 20/s) is what a busy deployment has: the tick keeps claiming, and ``jobtracker.deliver``
-shares the queue and the worker threads with rate-limited poll batches. Also printed: the latency
+due jobs at 20/s) is what a busy deployment has: the tick keeps claiming while rate-limited poll
+batches keep the worker threads busy. Also printed: the latency
 from ``finished_at`` (taken before the batch's writes, so an upper bound).
 Targets: p50 <= 200 ms, p99 <= 1 s.
 

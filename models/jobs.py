@@ -88,10 +88,19 @@ class TrackedJob(Base):
             f"(finished_at IS NULL) = (status IN ({_sql_list(ACTIVE_STATUSES)}))",
             name="finished_iff_terminal",
         ),
-        # The tick's claim reads only this index: due rows that are not terminal.
+        # The tick's claim reads only this index: due rows of one kind that are not terminal.
         Index(
             "ix_tracked_jobs_due",
+            "kind",
             "next_poll_at",
+            postgresql_where=ACTIVE_PREDICATE,
+            sqlite_where=ACTIVE_PREDICATE,
+        ),
+        # Expiring the jobs of a provider that cannot be asked (paused, throttled).
+        Index(
+            "ix_tracked_jobs_deadline",
+            "kind",
+            "deadline_at",
             postgresql_where=ACTIVE_PREDICATE,
             sqlite_where=ACTIVE_PREDICATE,
         ),

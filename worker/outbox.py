@@ -73,46 +73,53 @@ def delivery_row(job: TrackedJob, *, now: datetime) -> dict[str, Any]:
     }
 
 
-#: Threads that send callbacks right after their transition commits, in the committing process.
+#: Threads that send callbacks, in each worker process. A slow receiver holds one of these for
+#: at most the send deadline, never a Celery worker thread (polls keep going).
 DELIVERY_THREADS = 4
+#: How many messages one process takes on at once (sending plus waiting for a thread).
+DELIVERY_BACKLOG = 4 * DELIVERY_THREADS
 _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
+_in_flight = 0
 
 
-def deliver_soon(delivery_ids: Iterable[str], settings: Settings) -> None:
-    """Send freshly committed messages now, on this process's delivery threads.
+def deliver_soon(
+    delivery_ids: Iterable[str], settings: Settings, *, lease: datetime | None = None
+) -> None:
+    """Send messages now, on this process's delivery threads.
 
     Not through the broker: a callback must not queue behind poll batches that wait for
-    rate-limit slots. If this process dies first, the messages are still in the outbox and the
-    sweep sends them.
+    rate-limit slots. ``lease`` is the sweep's reservation of these messages. If this process
+    dies first, the messages are still in the outbox and a later sweep sends them.
     """
-    global _executor
+    global _executor, _in_flight
+    ids = list(delivery_ids)
     with _executor_lock:
         if _executor is None:
             _executor = ThreadPoolExecutor(
                 DELIVERY_THREADS, thread_name_prefix="jobtracker-deliver"
             )
         executor = _executor
-    for delivery_id in delivery_ids:
-        executor.submit(_deliver_logged, delivery_id, settings)
+        _in_flight += len(ids)
+    for delivery_id in ids:
+        executor.submit(_deliver_logged, delivery_id, settings, lease)
 
 
-def _deliver_logged(delivery_id: str, settings: Settings) -> None:
+def _deliver_logged(delivery_id: str, settings: Settings, lease: datetime | None) -> None:
+    global _in_flight
     try:
-        deliver_one(delivery_id, settings)
+        deliver_one(delivery_id, settings, reserved=lease)
     except Exception:  # the lease runs out and the sweep retries; say why it failed
         log.exception("delivery failed unexpectedly", extra={"delivery_id": delivery_id})
+    finally:
+        with _executor_lock:
+            _in_flight -= 1
 
 
-def dispatch_deliveries(delivery_ids: Iterable[str]) -> None:
-    """Ask the workers to send these messages (the sweep). A lost request waits for the next."""
-    from worker.tasks import deliver
-
-    for delivery_id in delivery_ids:
-        try:
-            deliver.apply_async(args=[delivery_id])
-        except Exception as exc:  # broker down: the sweep sends it later
-            log.warning("could not queue a delivery: %s", exc, extra={"delivery_id": delivery_id})
+def free_capacity() -> int:
+    """How many more messages this process can take on now."""
+    with _executor_lock:
+        return max(0, DELIVERY_BACKLOG - _in_flight)
 
 
 def _lease_s(policy: DeliveryPolicy) -> float:
@@ -122,12 +129,22 @@ def _lease_s(policy: DeliveryPolicy) -> float:
 
 
 def deliver_one(
-    delivery_id: str, settings: Settings, *, policy: DeliveryPolicy | None = None
+    delivery_id: str,
+    settings: Settings,
+    *,
+    policy: DeliveryPolicy | None = None,
+    reserved: datetime | None = None,
 ) -> str | None:
-    """Make one attempt of a due message; return its new status, or None if not ours to send."""
+    """Make one attempt of a due message; return its new status, or None if not ours to send.
+
+    ``reserved`` is the lease the sweep took on the message for this process, if any.
+    """
     policy = policy or DeliveryPolicy.from_settings(settings)
     now = utcnow()
     lease = now + timedelta(seconds=_lease_s(policy))
+    free = or_(WebhookDelivery.lease_expires_at.is_(None), WebhookDelivery.lease_expires_at <= now)
+    if reserved is not None:
+        free = or_(free, WebhookDelivery.lease_expires_at == reserved)
     with session_scope(settings) as session:
         delivery = session.execute(
             update(WebhookDelivery)
@@ -135,10 +152,7 @@ def deliver_one(
                 WebhookDelivery.id == delivery_id,
                 WebhookDelivery.status == DeliveryStatus.PENDING.value,
                 WebhookDelivery.next_attempt_at <= now,
-                or_(
-                    WebhookDelivery.lease_expires_at.is_(None),
-                    WebhookDelivery.lease_expires_at <= now,
-                ),
+                free,
             )
             .values(lease_expires_at=lease)
             .returning(WebhookDelivery),
@@ -223,15 +237,33 @@ def due_deliveries(session: Session, now: datetime, limit: int = SWEEP_LIMIT) ->
             )
             .order_by(WebhookDelivery.next_attempt_at)
             .limit(limit)
+            .with_for_update(skip_locked=True)
         ).scalars()
     )
 
 
 def sweep(settings: Settings) -> int:
-    """Queue every due message (first sends that were lost, retries whose time has come)."""
+    """Send due messages (first sends that were lost, retries whose time has come).
+
+    Takes only as many as this process has room for, and reserves them (a lease) so that the
+    next sweep, here or on another worker, does not hand them out again while they wait.
+    """
+    room = min(free_capacity(), SWEEP_LIMIT)
+    if not room:
+        return 0
+    now = utcnow()
+    lease = now + timedelta(seconds=_lease_s(DeliveryPolicy.from_settings(settings)) * 2)
     with session_scope(settings) as session:
-        ids = due_deliveries(session, utcnow())
-    dispatch_deliveries(ids)
+        ids = due_deliveries(session, now, room)
+        if ids:
+            session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id.in_(ids))
+                .values(lease_expires_at=lease),
+                execution_options={"synchronize_session": False},
+            )
+    if ids:
+        deliver_soon(ids, settings, lease=lease)
     return len(ids)
 
 

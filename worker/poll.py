@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from models import ACTIVE_STATUSES, JobStatus, TrackedJob, utcnow
@@ -114,13 +115,11 @@ def decide(outcome: Outcome, settings: Settings, policy: PollPolicy, now: dateti
     outcome.values["deadline_at"] = deadline
     if outcome.answer is not None:
         answer = outcome.answer
-        outcome.values.update(
-            provider_status=answer.provider_status,
-            last_error_code=None,
-            last_error_message=None,
-            consecutive_errors=0,
-        )
-        # A stale or out-of-order answer (running, then queued) is not a transition.
+        outcome.values.update(last_error_code=None, last_error_message=None, consecutive_errors=0)
+        # A stale or out-of-order answer (running, then queued) is not a transition, and its
+        # raw status is not recorded either.
+        if answer.status == current or answer.status in _forward(current):
+            outcome.values["provider_status"] = answer.provider_status
         if answer.status != current and answer.status in _forward(current):
             outcome.to_status = answer.status
             if answer.status.is_terminal:
@@ -146,9 +145,29 @@ def decide(outcome: Outcome, settings: Settings, policy: PollPolicy, now: dateti
             )
             if outcome.next_poll_at is None:
                 outcome.next_poll_at = now + timedelta(seconds=policy.error_delay(errors))
-    if outcome.to_status is None and outcome.next_poll_at is not None:
-        # Never sleep past the deadline: the job is expired on time.
+    expire_if_overdue(outcome, settings, now)
+    still_active = outcome.to_status is None or not outcome.to_status.is_terminal
+    if still_active and outcome.next_poll_at is not None:
+        # Never sleep past the deadline: the job is asked once more then, and expired on time.
         outcome.next_poll_at = min(outcome.next_poll_at, deadline)
+
+
+def expire_if_overdue(outcome: Outcome, settings: Settings, now: datetime) -> None:
+    """Past its deadline, a job whose last answer was not terminal becomes ``expired``.
+
+    Called after the final poll (a job that finished in the meantime still gets its real
+    status), or without one when the provider cannot be asked now (throttled, paused, no slot).
+    """
+    deadline = _deadline(outcome.job, settings)
+    if now < deadline or (outcome.to_status is not None and outcome.to_status.is_terminal):
+        return
+    outcome.to_status = JobStatus.EXPIRED
+    outcome.values.update(
+        deadline_at=deadline,
+        error_code="Tracker.DeadlineExceeded",
+        error_message=f"no terminal answer by the deadline {deadline.isoformat()}",
+    )
+    outcome.reason = "deadline passed"
 
 
 def _forward(status: JobStatus) -> frozenset[JobStatus]:
@@ -185,17 +204,9 @@ def poll_batch(
         now = utcnow()
         outcome = Outcome(job=job, lease=lease)
         outcomes.append(outcome)
-        deadline = _deadline(job, settings)
-        if now >= deadline:
-            outcome.to_status = JobStatus.EXPIRED
-            outcome.values.update(
-                error_code="Tracker.DeadlineExceeded",
-                error_message=f"no terminal answer by the deadline {deadline.isoformat()}",
-            )
-            outcome.reason = "deadline passed"
-            continue
         if stop_until is not None:
             outcome.next_poll_at = stop_until
+            expire_if_overdue(outcome, settings, now)  # cannot ask the provider: give up on time
             continue
         if not slots:
             # Slots for the rest of the batch in one call (one Redis round trip per batch).
@@ -205,8 +216,12 @@ def poll_batch(
                 )
             except Exception as exc:  # the shared limiter (Redis) is down: do not poll blind
                 log.warning("rate limiter unavailable: %s", exc, extra={"kind": kind})
+                stop_until = now + timedelta(seconds=RELEASE_DELAY_S * (1 + rand()))
         if not slots:
-            outcome.next_poll_at = now + timedelta(seconds=RELEASE_DELAY_S * (1 + rand()))
+            outcome.next_poll_at = stop_until or now + timedelta(
+                seconds=RELEASE_DELAY_S * (1 + rand())
+            )
+            expire_if_overdue(outcome, settings, now)
             continue
         time.sleep(max(0.0, slots.popleft() - time.monotonic()))
         outcome.polled = True
@@ -257,12 +272,32 @@ def _finish(
     kind: str, outcomes: list[Outcome], settings: Settings, report: BatchReport, *, resume: bool
 ) -> None:
     now = utcnow()
-    with session_scope(settings) as session:
-        write_outcomes(session, outcomes, now, report)
-        if resume:
-            provider_state.resume(session, kind, now)
-        if any(o.answer is not None for o in outcomes):
-            provider_state.clear_throttle(session, kind, now)
+    throttled = any(isinstance(o.error, ThrottledError) for o in outcomes)
+    answered = any(o.answer is not None for o in outcomes)
+    try:
+        with session_scope(settings) as session:
+            write_outcomes(session, outcomes, now, report)
+            if resume:
+                provider_state.resume(session, kind, now)
+            if answered and not throttled:
+                provider_state.clear_throttle(session, kind, now)
+    except DBAPIError as exc:
+        if exc.connection_invalidated or isinstance(exc, OperationalError):
+            raise  # the database is away: the leases run out and the jobs are polled again
+        # One row the database refuses must not sink the batch: write the outcomes one by one.
+        log.error("batch write refused (%s); writing job by job", type(exc.orig).__name__)
+        report.delivery_ids.clear()
+        report.polled = report.transitions = report.errors = report.released = 0
+        for outcome in outcomes:
+            try:
+                with session_scope(settings) as session:
+                    write_outcomes(session, [outcome], now, report)
+            except DBAPIError as single:
+                log.error(
+                    "could not record a poll; the job will be polled again: %s",
+                    type(single.orig).__name__,
+                    extra={"kind": kind, "tracked_job_id": outcome.job.id},
+                )
     if report.delivery_ids:
         from worker.outbox import deliver_soon
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -63,7 +63,12 @@ def throttle(session: Session, kind: str, now: datetime) -> datetime:
 def clear_throttle(session: Session, kind: str, now: datetime) -> None:
     session.execute(
         update(ProviderState)
-        .where(ProviderState.kind == kind, ProviderState.consecutive_throttles > 0)
+        .where(
+            ProviderState.kind == kind,
+            ProviderState.consecutive_throttles > 0,
+            # A back-off still running was set by a newer answer than ours: leave it.
+            or_(ProviderState.throttled_until.is_(None), ProviderState.throttled_until <= now),
+        )
         .values(consecutive_throttles=0, throttled_until=None, updated_at=now)
     )
 

@@ -59,15 +59,6 @@ def poll(kind: str, region: str, claims: list[list[Any]]) -> dict[str, int]:
     }
 
 
-@app.task(name="jobtracker.deliver", ignore_result=True)
-def deliver(delivery_id: str) -> str | None:
-    """Attempt one callback message now (sent right after the terminal transition commits)."""
-    from worker.outbox import deliver_one
-    from worker.settings import get_settings
-
-    return deliver_one(delivery_id, get_settings())
-
-
 @app.task(name="jobtracker.sweep_deliveries", acks_late=False, ignore_result=True)
 def sweep_deliveries() -> int:
     """Send every due callback message whose first send was lost or whose retry is due."""

@@ -16,21 +16,22 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from models import ACTIVE_STATUSES, TrackedJob, utcnow
+from models import JobStatus, TrackedJob, utcnow
+from models.jobs import ACTIVE_PREDICATE
 from worker import metrics
 from worker.db import session_scope
 from worker.provider_state import load_states, take_probe
 from worker.providers.table import PROVIDERS
 from worker.settings import Settings
+from worker.transition import Move, transition_many
 
 log = logging.getLogger(__name__)
 
 #: The most rows one tick claims for one kind, whatever the rate limit.
 MAX_CLAIM_PER_KIND = 5000
-_ACTIVE = [s.value for s in ACTIVE_STATUSES]
 
 
 @dataclass(frozen=True)
@@ -55,25 +56,33 @@ def claim_limit(settings: Settings, kind: str) -> int:
 def claim_due(
     session: Session, kind: str, limit: int, *, now: datetime, lease_s: float
 ) -> list[Claim]:
-    """Reserve up to ``limit`` due, non-terminal jobs of ``kind``, oldest due first."""
+    """Reserve up to ``limit`` due, non-terminal jobs of ``kind``, oldest due first.
+
+    Two statements, not ``UPDATE ... WHERE id IN (SELECT ... LIMIT n)``: PostgreSQL may run such
+    a subquery once per outer row, and with SKIP LOCKED each run then locks the next row, so
+    the LIMIT would not hold. The status test is literal SQL (``ACTIVE_PREDICATE``), the same
+    text as the partial index's predicate, because SQLite only uses a partial index when the
+    query repeats its predicate, and a bound-parameter IN list does not.
+    """
     lease = now + timedelta(seconds=lease_s)
-    due = (
-        select(TrackedJob.id)
-        .where(
-            TrackedJob.status.in_(_ACTIVE),
-            TrackedJob.next_poll_at <= now,
-            TrackedJob.kind == kind,
-        )
-        .order_by(TrackedJob.next_poll_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+    ids = list(
+        session.execute(
+            select(TrackedJob.id)
+            .where(ACTIVE_PREDICATE, TrackedJob.next_poll_at <= now, TrackedJob.kind == kind)
+            .order_by(TrackedJob.next_poll_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).scalars()
     )
+    if not ids:
+        return []
     rows = session.execute(
         update(TrackedJob)
         .where(
-            TrackedJob.id.in_(due.scalar_subquery()),
-            # Re-checked by the UPDATE itself: the compare-and-set half of the claim.
-            TrackedJob.status.in_(_ACTIVE),
+            TrackedJob.id.in_(ids),
+            # Re-checked by the UPDATE itself: the compare-and-set half of the claim (SQLite
+            # takes no row locks; another tick may have claimed a row since the SELECT).
+            ACTIVE_PREDICATE,
             TrackedJob.next_poll_at <= now,
         )
         .values(next_poll_at=lease, lease_expires_at=lease)
@@ -105,6 +114,64 @@ def claim_all(settings: Settings, now: datetime | None = None) -> dict[str, list
     return claims
 
 
+#: The most overdue jobs of an unreachable provider one tick expires.
+MAX_EXPIRE_PER_KIND = 500
+
+
+def expire_unreachable(settings: Settings, now: datetime | None = None) -> list[str]:
+    """Expire overdue jobs of providers that cannot be asked now (paused or throttled).
+
+    A reachable provider's overdue jobs get one last poll instead (see ``worker.poll``), so a
+    job that finished at the last moment still gets its real status. Return the webhook ids of
+    the callbacks written, to send after commit.
+    """
+    now = now or utcnow()
+    delivery_ids: list[str] = []
+    with session_scope(settings) as session:
+        for kind, state in load_states(session).items():
+            throttled = state.throttled_until is not None and state.throttled_until > now
+            if kind not in PROVIDERS or not (state.paused or throttled):
+                continue
+            overdue = session.execute(
+                select(TrackedJob)
+                .where(
+                    ACTIVE_PREDICATE,
+                    TrackedJob.kind == kind,
+                    TrackedJob.deadline_at <= now,
+                    # Not while a worker holds it: its poll decides.
+                    or_(TrackedJob.lease_expires_at.is_(None), TrackedJob.lease_expires_at <= now),
+                )
+                .order_by(TrackedJob.deadline_at)
+                .limit(MAX_EXPIRE_PER_KIND)
+                .with_for_update(skip_locked=True)
+            ).scalars()
+            reason = "deadline passed while the provider was " + (
+                "paused" if state.paused else "throttled"
+            )
+            moves = [
+                Move(
+                    job,
+                    JobStatus.EXPIRED,
+                    reason=reason,
+                    values={
+                        "error_code": "Tracker.DeadlineExceeded",
+                        "error_message": f"no terminal answer by the deadline; {reason}",
+                    },
+                )
+                for job in overdue
+            ]
+            applied, _ = transition_many(session, moves, now=now)
+            for result in applied:
+                log.info(
+                    "job %s -> expired (%s)",
+                    result.from_status.value,
+                    reason,
+                    extra={"kind": kind, "job_id": result.job.job_id, "status": "expired"},
+                )
+            delivery_ids += [r.delivery_id for r in applied if r.delivery_id]
+    return delivery_ids
+
+
 def batches(claims: list[Claim], size: int) -> list[tuple[str, list[Claim]]]:
     """Claims grouped by region (one provider client each), cut into batches of ``size``."""
     by_region: dict[str, list[Claim]] = defaultdict(list)
@@ -120,8 +187,12 @@ def batches(claims: list[Claim], size: int) -> list[tuple[str, list[Claim]]]:
 @metrics.TICK_SECONDS.time()
 def tick(settings: Settings, now: datetime | None = None) -> int:
     """Claim due jobs and send one ``jobtracker.poll`` task per batch; return jobs claimed."""
+    from worker.outbox import deliver_soon
     from worker.tasks import poll
 
+    expired_callbacks = expire_unreachable(settings, now)
+    if expired_callbacks:
+        deliver_soon(expired_callbacks, settings)
     claims = claim_all(settings, now)
     sent = 0
     for kind, claimed in claims.items():

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, bindparam, insert, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session
 
 from models import JobStatus, JobTransition, TrackedJob, WebhookDelivery, can_transition
@@ -59,6 +60,7 @@ _MOVE = (
         **{name: bindparam(f"m_{name}") for name in WRITABLE},
     )
 )
+_ATTRIBUTES = tuple(attr.key for attr in sa_inspect(TrackedJob).column_attrs)
 _RECORD = insert(_table(JobTransition))
 _OUTBOX = insert(_table(WebhookDelivery))
 
@@ -84,12 +86,24 @@ class TransitionResult:
     delivery_id: str | None
 
 
+def _moved(
+    job: TrackedJob, columns: dict[str, Any], status: JobStatus, now: datetime
+) -> TrackedJob:
+    """A detached copy of ``job`` as the UPDATE left it (the caller's object stays as loaded,
+    so a rolled-back batch can be written again)."""
+    copy = TrackedJob(**{name: getattr(job, name) for name in _ATTRIBUTES})
+    for name, value in columns.items():
+        setattr(copy, name, value)
+    copy.status, copy.updated_at = status.value, now
+    return copy
+
+
 def transition_many(
     session: Session, moves: list[Move], *, now: datetime
 ) -> tuple[list[TransitionResult], list[Move]]:
     """Apply ``moves``; return the applied ones and the conflicts (status changed under us).
 
-    Each applied move updates its ``job`` object in memory to the new row. Raises
+    Each result carries a copy of its job as the UPDATE left it. Raises
     :class:`InvalidTransition` if the table of allowed transitions forbids a move.
     """
     from worker.outbox import delivery_row
@@ -116,9 +130,7 @@ def transition_many(
         if conn.execute(_MOVE, params).rowcount != 1:
             conflicts.append(move)
             continue
-        for name, value in columns.items():
-            setattr(job, name, value)
-        job.status, job.updated_at = move.to_status.value, now
+        job = _moved(job, columns, move.to_status, now)
         history.append(
             {
                 "tracked_job_id": job.id,

@@ -90,7 +90,14 @@ def upgrade() -> None:
     op.create_index(
         "ix_tracked_jobs_due",
         "tracked_jobs",
-        ["next_poll_at"],
+        ["kind", "next_poll_at"],
+        postgresql_where=ACTIVE,
+        sqlite_where=ACTIVE,
+    )
+    op.create_index(
+        "ix_tracked_jobs_deadline",
+        "tracked_jobs",
+        ["kind", "deadline_at"],
         postgresql_where=ACTIVE,
         sqlite_where=ACTIVE,
     )

@@ -253,3 +253,53 @@ def test_an_expired_lease_is_claimed_again_and_the_stale_batch_is_ignored(
     fresh = poll_batch("image_animate", "ap-guangzhou", [(second[0].id, second[0].lease)], settings)
     assert fresh.polled == 1
     assert sim.calls("succeed-2-lease") == 1
+
+
+def test_a_claim_takes_at_most_its_limit_on_a_fresh_table(db_url: str, tmp_path: Path) -> None:
+    """No ANALYZE yet: PostgreSQL's planner must not turn LIMIT 1 into 'every due row'."""
+    from sqlalchemy import text
+
+    from tests.acceptance.proc import query
+
+    settings = Settings.from_env({"JOBTRACKER_DATABASE_URL": db_url}, cwd=tmp_path)
+    with session_scope(settings) as session:
+        session.execute(
+            text(
+                "INSERT INTO tracked_jobs (kind, job_id) VALUES "
+                + ", ".join(f"('image_animate', 'j{n}')" for n in range(50))
+            )
+        )
+    from worker.tick import claim_due
+
+    with session_scope(settings) as session:
+        claimed = claim_due(
+            session, "image_animate", 1, now=utcnow() + timedelta(seconds=1), lease_s=60
+        )
+    assert len(claimed) == 1
+    assert query(
+        db_url, "SELECT count(*) FROM tracked_jobs WHERE lease_expires_at IS NOT NULL"
+    ) == [(1,)]
+
+
+def test_the_claim_query_reads_the_due_index(db_url: str, tmp_path: Path) -> None:
+    from sqlalchemy import select, text
+
+    from models.jobs import ACTIVE_PREDICATE
+    from worker.db import get_engine
+
+    settings = Settings.from_env({"JOBTRACKER_DATABASE_URL": db_url}, cwd=tmp_path)
+    engine = get_engine(settings)
+    stmt = (
+        select(TrackedJob.id)
+        .where(ACTIVE_PREDICATE, TrackedJob.next_poll_at <= utcnow(), TrackedJob.kind == "k")
+        .order_by(TrackedJob.next_poll_at)
+        .limit(100)
+    )
+    sql = str(stmt.compile(engine, compile_kwargs={"literal_binds": True}))
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SET enable_seqscan = off"))
+            plan = " ".join(str(r[0]) for r in conn.execute(text("EXPLAIN " + sql)))
+        else:
+            plan = " ".join(str(r[-1]) for r in conn.execute(text("EXPLAIN QUERY PLAN " + sql)))
+    assert "ix_tracked_jobs_due" in plan, plan

@@ -85,7 +85,7 @@ def test_the_due_index_is_partial_and_used(db_url: str) -> None:
                 for row in conn.execute(
                     text(
                         "EXPLAIN SELECT id FROM tracked_jobs WHERE status IN "
-                        "('pending', 'queued', 'running') AND next_poll_at <= now() "
+                        "('pending', 'queued', 'running') AND next_poll_at <= now() AND kind = 'k' "
                         "ORDER BY next_poll_at LIMIT 10"
                     )
                 )
@@ -97,7 +97,7 @@ def test_the_due_index_is_partial_and_used(db_url: str) -> None:
                     text(
                         "EXPLAIN QUERY PLAN SELECT id FROM tracked_jobs WHERE status IN "
                         "('pending', 'queued', 'running') AND next_poll_at <= '2030-01-01' "
-                        "ORDER BY next_poll_at LIMIT 10"
+                        "AND kind = 'k' ORDER BY next_poll_at LIMIT 10"
                     )
                 )
             )

@@ -28,7 +28,7 @@ def delivered_now(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Run the 'send right after commit' step inline instead of through a broker."""
     sent: list[str] = []
 
-    def inline(ids: list[str], settings: object = None) -> None:
+    def inline(ids: list[str], settings: object = None, **_: object) -> None:
         sent.extend(ids)
 
     monkeypatch.setattr(outbox, "deliver_soon", inline)
@@ -284,3 +284,26 @@ def test_the_outbox_row_commits_with_the_transition(
         ).scalar_one()
         messages = session.execute(select(func.count()).select_from(WebhookDelivery)).scalar_one()
     assert terminal == messages == 10
+
+
+def test_the_sweep_reserves_what_it_hands_out(
+    db_url: str, sim: Simulator, tmp_path: Path, delivered_now: list[str]
+) -> None:
+    """A receiver that hangs must not get the same message queued again at every sweep."""
+    settings = make(db_url, sim, tmp_path)
+    for n in range(3):
+        track(
+            "image_animate",
+            f"succeed-1-s{n}",
+            callback_url="http://127.0.0.1:9/h",
+            settings=settings,
+        )
+    drive(settings)
+    delivered_now.clear()  # the after-commit sends were lost (say, the process died)
+    assert outbox.sweep(settings) == 3
+    assert sorted(delivered_now) == sorted(d.id for d in deliveries(settings))
+    assert outbox.sweep(settings) == 0  # reserved: not handed out again while they wait
+    # The reservation lets exactly its holder send.
+    [first, *_] = deliveries(settings)
+    assert outbox.deliver_one(first.id, settings) is None
+    assert outbox.deliver_one(first.id, settings, reserved=first.lease_expires_at) == "pending"

@@ -37,7 +37,8 @@ def test_a_move_writes_status_history_and_outbox_together(db_url: str, tmp_path:
             now=now,
         )
     assert conflicts == [] and applied[0].delivery_id
-    assert job.status == "succeeded" and job.finished_at == now  # the object follows the row
+    assert applied[0].job.status == "succeeded" and applied[0].job.finished_at == now
+    assert job.status == "pending"  # the caller's object is left as loaded
     stored = load(settings, "a")
     assert (stored.status, stored.provider_status, stored.result) == ("succeeded", "DONE", {"u": 1})
     with session_scope(settings) as session:

@@ -179,7 +179,9 @@ class ProviderClient:
     def _transport(self, code: str, what: str, exc: Exception) -> ProviderError:
         # The exception text names the URL and the socket error; requests never puts headers in it.
         return TransientProviderError(
-            f"{self.spec.action} at {self.endpoint}: {what}: {type(exc).__name__}: {exc}"[:500],
+            f"{self.spec.action} at {self.endpoint}: {what}: {type(exc).__name__}: {exc}"[
+                :500
+            ].replace("\x00", ""),
             code=code,
         )
 

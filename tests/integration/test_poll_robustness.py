@@ -1,0 +1,152 @@
+"""Bad data and shared-state races in a poll batch: one bad row never sinks its neighbours."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from models import JobStatus, ProviderState, TrackedJob, utcnow
+from tests.drive import step
+from worker import poll
+from worker.db import session_scope
+from worker.enqueue import track
+from worker.providers.normalize import Answer, normalize
+from worker.providers.table import PROVIDERS
+from worker.settings import Settings
+from worker.simulator import Simulator
+
+
+def statuses(settings: Settings) -> dict[str, str]:
+    with session_scope(settings) as session:
+        return {j.job_id: j.status for j in session.execute(select(TrackedJob)).scalars()}
+
+
+def test_nul_characters_from_the_provider_are_dropped() -> None:
+    body = {
+        "Response": {
+            "Status": "FAIL",
+            "ErrorCode": "FailedOperation.DriverFailed\x00",
+            "ErrorMessage": "bad\x00 input",
+            "RequestId": "r\x00",
+        }
+    }
+    answer = normalize(PROVIDERS["image_animate"], body, now=utcnow())
+    assert (answer.status, answer.error_code, answer.error_message, answer.request_id) == (
+        JobStatus.FAILED,
+        "FailedOperation.DriverFailed",
+        "bad input",
+        "r",
+    )
+
+
+class FakeClient:
+    """Answers every job as succeeded; one job's result carries a value PostgreSQL refuses."""
+
+    def query(self, job_id: str, *, now: Any = None) -> Answer:
+        result = {"ResultVideoUrl": "https://x/" + ("\x00" if job_id == "poison" else job_id)}
+        return Answer(JobStatus.SUCCEEDED, "DONE", result=result, request_id="r")
+
+
+def test_a_row_the_database_refuses_does_not_sink_the_batch(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings.from_env(
+        {
+            "JOBTRACKER_DATABASE_URL": db_url,
+            "TENCENTCLOUD_SECRET_ID": "id",
+            "TENCENTCLOUD_SECRET_KEY": "key",
+        },
+        cwd=tmp_path,
+    )
+    monkeypatch.setattr(poll, "get_client", lambda *a: FakeClient())
+    for job_id in ("a", "poison", "b"):
+        track("image_animate", job_id, settings=settings)
+    step(settings)
+    got = statuses(settings)
+    assert (got["a"], got["b"]) == ("succeeded", "succeeded")
+    # PostgreSQL refuses the NUL (the job stays active, polled again later); SQLite stores it.
+    assert got["poison"] in ("pending", "succeeded")
+
+
+def test_a_throttle_is_not_cleared_by_the_batch_that_hit_it(
+    db_url: str, sim: Simulator, tmp_path: Path
+) -> None:
+    settings = Settings.from_env(
+        {"JOBTRACKER_DATABASE_URL": db_url, "JOBTRACKER_IMAGE_ANIMATE_QPS": "1000", **sim.env()},
+        cwd=tmp_path,
+    )
+    sim.script("ok-first", ["done"])
+    sim.script("then-throttled", ["throttle", "done"])
+    track("image_animate", "ok-first", settings=settings)
+    track("image_animate", "then-throttled", settings=settings)
+    with session_scope(settings) as session:  # poll ok-first first in the batch
+        job = session.execute(
+            select(TrackedJob).where(TrackedJob.job_id == "ok-first")
+        ).scalar_one()
+        job.next_poll_at = utcnow() - timedelta(seconds=5)
+    step(settings)
+    with session_scope(settings) as session:
+        state = session.get(ProviderState, "image_animate")
+        assert state is not None and state.consecutive_throttles == 1
+        assert state.throttled_until is not None and state.throttled_until > utcnow()
+
+
+def test_a_job_that_finishes_by_its_deadline_gets_its_real_status(
+    db_url: str, sim: Simulator, tmp_path: Path
+) -> None:
+    """At the deadline the provider is asked once more; only a non-terminal answer expires."""
+    from tests.drive import drive
+
+    settings = Settings.from_env(
+        {
+            "JOBTRACKER_DATABASE_URL": db_url,
+            "JOBTRACKER_JOB_DEADLINE": "1",
+            "JOBTRACKER_POLL_INTERVAL_MIN": "30",
+            "JOBTRACKER_POLL_INTERVAL_MAX": "60",
+            **sim.env(),
+        },
+        cwd=tmp_path,
+    )
+    sim.script("last-moment", ["running", "done"])
+    sim.script("still-running", ["running"])
+    track("image_animate", "last-moment", settings=settings)
+    track("image_animate", "still-running", settings=settings)
+    drive(settings, seconds=5)
+    assert statuses(settings) == {"last-moment": "succeeded", "still-running": "expired"}
+    assert sim.calls("last-moment") == sim.calls("still-running") == 2
+
+
+def test_a_paused_providers_overdue_jobs_expire_without_using_the_probe(
+    db_url: str, sim: Simulator, tmp_path: Path
+) -> None:
+    from sqlalchemy import update
+
+    from tests.drive import step
+
+    settings = Settings.from_env(
+        {"JOBTRACKER_DATABASE_URL": db_url, **sim.env(), "TENCENTCLOUD_SECRET_KEY": "wrong"},
+        cwd=tmp_path,
+    )
+    for job_id in ("old-1", "old-2", "fresh"):
+        track("video_face_fusion", job_id, settings=settings)
+    step(settings)  # AuthFailure: the provider is paused
+    calls = sim.counters().total
+    with session_scope(settings) as session:
+        session.execute(
+            update(TrackedJob)
+            .where(TrackedJob.job_id.in_(["old-1", "old-2"]))
+            .values(deadline_at=utcnow() - timedelta(seconds=1))
+        )
+        # Time passes: the probe is due, and so are the jobs released until then.
+        session.execute(update(ProviderState).values(next_probe_at=utcnow() - timedelta(seconds=1)))
+        session.execute(update(TrackedJob).values(next_poll_at=utcnow() - timedelta(seconds=1)))
+    step(settings)
+    got = statuses(settings)
+    assert (got["old-1"], got["old-2"]) == ("expired", "expired")
+    # The probe went to a job that can still succeed, and it asked the provider.
+    assert got["fresh"] == "pending"
+    assert sim.counters().total == calls + 1
