@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 import click
 
 from models import DeliveryStatus, JobStatus
-from worker.errors import ConfigError, EnqueueError, JobTrackerError, NotFoundError
+from worker.errors import ConfigError, EnqueueError, NotFoundError
 from worker.providers.table import PROVIDERS
 from worker.settings import Settings, get_settings
 
@@ -131,10 +131,6 @@ def db_current() -> None:
 
     current = current_revision(_settings())
     click.echo(f"{current or 'base'} (newest: {head_revision()})")
-
-
-def _handle(error: JobTrackerError) -> NoReturn:
-    _fail(str(error), 1 if isinstance(error, NotFoundError) else 2)
 
 
 # -- inspection ----------------------------------------------------------------------------------

@@ -17,20 +17,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
-from models import ACTIVE_STATUSES, JobStatus, TrackedJob, utcnow
+from models import ACTIVE_STATUSES, ALLOWED_TRANSITIONS, JobStatus, TrackedJob, utcnow
 from worker import metrics, provider_state
 from worker.db import session_scope
-from worker.errors import ErrorClass, ProviderError, ThrottledError
+from worker.errors import ErrorClass, JobTerminalError, ProviderError, ThrottledError
 from worker.policy import PollPolicy
 from worker.providers.client import ProviderClient, get_client
 from worker.providers.normalize import Answer, effective_error_class
 from worker.ratelimit import get_rate_limiter, slot_times
 from worker.settings import Settings
-from worker.transition import Move, transition_many
+from worker.transition import JOBS, Move, transition_many
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,11 @@ MAX_SLOT_WAIT_TICKS = 2.0
 #: A released job (not polled: provider throttled, paused, or out of slots) is due again after.
 RELEASE_DELAY_S = 1.0
 
-_JOBS = TrackedJob.__table__
-assert isinstance(_JOBS, Table)
 #: A poll that changed no status: counters, next poll time, last error; only while we hold the
 #: lease (a row re-claimed by another worker after our lease ran out is theirs).
 _TOUCH = (
-    update(_JOBS)
-    .where(_JOBS.c.id == bindparam("b_id"), _JOBS.c.lease_expires_at == bindparam("b_lease"))
+    update(JOBS)
+    .where(JOBS.c.id == bindparam("b_id"), JOBS.c.lease_expires_at == bindparam("b_lease"))
     .values(
         polls=bindparam("b_polls"),
         last_polled_at=bindparam("b_last_polled_at"),
@@ -118,9 +116,9 @@ def decide(outcome: Outcome, settings: Settings, policy: PollPolicy, now: dateti
         outcome.values.update(last_error_code=None, last_error_message=None, consecutive_errors=0)
         # A stale or out-of-order answer (running, then queued) is not a transition, and its
         # raw status is not recorded either.
-        if answer.status == current or answer.status in _forward(current):
+        if answer.status == current or answer.status in ALLOWED_TRANSITIONS[current]:
             outcome.values["provider_status"] = answer.provider_status
-        if answer.status != current and answer.status in _forward(current):
+        if answer.status != current and answer.status in ALLOWED_TRANSITIONS[current]:
             outcome.to_status = answer.status
             if answer.status.is_terminal:
                 outcome.values.update(
@@ -133,7 +131,9 @@ def decide(outcome: Outcome, settings: Settings, policy: PollPolicy, now: dateti
     elif outcome.error is not None:
         error = outcome.error
         if outcome.error_class is ErrorClass.JOB_TERMINAL:
-            outcome.to_status = getattr(error, "terminal_status", JobStatus.FAILED)
+            # Only JobTerminalError is ever classed job-terminal; it names its status.
+            assert isinstance(error, JobTerminalError)
+            outcome.to_status = error.terminal_status
             outcome.values.update(error_code=error.code, error_message=error.message)
             outcome.reason = f"{error.code}: {error.message}"
         else:
@@ -168,12 +168,6 @@ def expire_if_overdue(outcome: Outcome, settings: Settings, now: datetime) -> No
         error_message=f"no terminal answer by the deadline {deadline.isoformat()}",
     )
     outcome.reason = "deadline passed"
-
-
-def _forward(status: JobStatus) -> frozenset[JobStatus]:
-    from models import ALLOWED_TRANSITIONS
-
-    return ALLOWED_TRANSITIONS[status]
 
 
 def poll_batch(

@@ -52,15 +52,6 @@ def slot_times(
     return [start + i / qps for i in range(count)]
 
 
-def acquire(limiter: RateLimiter, key: str, qps: float, max_wait_s: float) -> bool:
-    """Wait for one slot; False if the next slot is further than ``max_wait_s`` away."""
-    slots = slot_times(limiter, key, qps, 1, max_wait_s)
-    if not slots:
-        return False
-    time.sleep(max(0.0, slots[0] - time.monotonic()))
-    return True
-
-
 class LocalRateLimiter:
     """The GCRA in one process."""
 

@@ -33,7 +33,8 @@ def _table(model: type[Any]) -> Table:
     return table
 
 
-_JOBS = _table(TrackedJob)
+#: ``tracked_jobs`` as a Core table, for statements built once.
+JOBS = _table(TrackedJob)
 #: Columns a transition may set besides ``status`` / ``updated_at``; the ORM attribute names.
 WRITABLE = (
     "provider_status",
@@ -52,8 +53,8 @@ WRITABLE = (
     "finished_at",
 )
 _MOVE = (
-    update(_JOBS)
-    .where(_JOBS.c.id == bindparam("m_id"), _JOBS.c.status == bindparam("m_from"))
+    update(JOBS)
+    .where(JOBS.c.id == bindparam("m_id"), JOBS.c.status == bindparam("m_from"))
     .values(
         status=bindparam("m_to"),
         updated_at=bindparam("m_now"),

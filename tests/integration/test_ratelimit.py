@@ -6,7 +6,15 @@ import itertools
 import threading
 import time
 
-from worker.ratelimit import RedisRateLimiter, acquire, slot_times
+from worker.ratelimit import RateLimiter, RedisRateLimiter, slot_times
+
+
+def acquire(limiter: RateLimiter, key: str, qps: float, max_wait_s: float) -> bool:
+    """One slot, waited for (what a poll does per job); False if none within max_wait_s."""
+    slots = slot_times(limiter, key, qps, 1, max_wait_s)
+    if slots:
+        time.sleep(max(0.0, slots[0] - time.monotonic()))
+    return bool(slots)
 
 
 def test_workers_together_never_exceed_the_limit(redis_url: str) -> None:

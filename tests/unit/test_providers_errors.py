@@ -18,7 +18,7 @@ from worker.errors import (
     ThrottledError,
     TransientProviderError,
 )
-from worker.providers.normalize import Answer, effective_error_class, normalize
+from worker.providers.normalize import effective_error_class, normalize
 from worker.providers.table import PROVIDERS
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
@@ -152,17 +152,6 @@ def test_terminal_errors_say_their_status() -> None:
     assert JobFailed(code="X").terminal_status == JobStatus.FAILED
     assert JobNotFound(code="X").terminal_status == JobStatus.FAILED
     assert JobCanceled(code="X").terminal_status == JobStatus.CANCELED
-
-
-def test_answer_from_terminal_error() -> None:
-    error = JobCanceled("gone", code="FailedOperation.JobHasBeenCanceled", request_id="r")
-    assert Answer.from_terminal_error(error) == Answer(
-        status=JobStatus.CANCELED,
-        provider_status=None,
-        error_code="FailedOperation.JobHasBeenCanceled",
-        error_message="gone",
-        request_id="r",
-    )
 
 
 def test_not_found_is_transient_within_the_grace_period() -> None:

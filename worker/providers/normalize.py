@@ -25,7 +25,6 @@ from models.jobs import JobStatus
 from worker.errors import (
     ErrorClass,
     JobNotFound,
-    JobTerminalError,
     ProviderError,
     UnexpectedAnswer,
 )
@@ -55,17 +54,6 @@ class Answer:
     result: dict[str, Any] | None = None
     result_expires_at: datetime | None = None
     request_id: str | None = None
-
-    @classmethod
-    def from_terminal_error(cls, error: JobTerminalError) -> Answer:
-        """The terminal answer a job-terminal error implies (``JobCanceled`` -> canceled...)."""
-        return cls(
-            status=error.terminal_status,
-            provider_status=None,
-            error_code=error.code,
-            error_message=error.message,
-            request_id=error.request_id,
-        )
 
 
 def strip_nul(value: Any) -> Any:
