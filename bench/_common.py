@@ -129,7 +129,7 @@ def libpq(url: str) -> str:
 def pg_database(prefix: str = "jt_bench") -> Iterator[str]:
     """A new, migrated PostgreSQL database (SQLAlchemy URL), dropped afterwards."""
     from worker.db import dispose_engines
-    from worker.migrate import upgrade
+    from worker.runtime.migrate import upgrade
     from worker.settings import Settings
 
     name = services.unique_name(prefix)
@@ -172,7 +172,7 @@ def insert_jobs(
 
 
 class SimulatorProcess:
-    """The fake Tencent API (``python -m worker.simulator``) in its own process.
+    """The fake Tencent API (``python -m worker.devtools.simulator``) in its own process.
 
     Its own process, so that neither jobtracker nor the bare baseline shares a GIL with it.
     """
@@ -183,7 +183,7 @@ class SimulatorProcess:
         self.url = ""
 
     def __enter__(self) -> SimulatorProcess:
-        args = [sys.executable, "-m", "worker.simulator", "--port", "0"]
+        args = [sys.executable, "-m", "worker.devtools.simulator", "--port", "0"]
         if self.qps is not None:
             args += ["--qps", str(self.qps)]
         self.proc = subprocess.Popen(
@@ -206,8 +206,8 @@ class SimulatorProcess:
                 self.proc.wait()
 
     def env(self) -> dict[str, str]:
+        from worker.devtools.simulator import DEFAULT_SECRET_ID, DEFAULT_SECRET_KEY
         from worker.providers.table import PROVIDERS
-        from worker.simulator import DEFAULT_SECRET_ID, DEFAULT_SECRET_KEY
 
         env = {f"JOBTRACKER_{kind.upper()}_ENDPOINT": self.url for kind in PROVIDERS}
         env.update(
@@ -219,7 +219,7 @@ class SimulatorProcess:
         return env
 
     def counters(self) -> dict[str, Any]:
-        from worker.simulator import COUNTERS_PATH
+        from worker.devtools.simulator import COUNTERS_PATH
 
         with urllib.request.urlopen(self.url + COUNTERS_PATH, timeout=10) as response:
             return dict(json.load(response))

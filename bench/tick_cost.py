@@ -64,8 +64,8 @@ def time_claims(url: str, iterations: int) -> dict[str, float]:
     """Median seconds of one ``claim_due`` and one ``claim_all``."""
     from models import utcnow
     from worker.db import session_scope
+    from worker.flow.tick import claim_all, claim_due
     from worker.settings import Settings
-    from worker.tick import claim_all, claim_due
 
     settings = Settings.from_env({"JOBTRACKER_DATABASE_URL": url})
     timings: dict[str, list[float]] = {"claim_due": [], "claim_all": []}
@@ -94,8 +94,8 @@ def explain(url: str) -> str:
 
     from models import utcnow
     from worker.db import get_engine, session_scope
+    from worker.flow.tick import claim_due
     from worker.settings import Settings
-    from worker.tick import claim_due
 
     settings = Settings.from_env({"JOBTRACKER_DATABASE_URL": url})
     engine = get_engine(settings)

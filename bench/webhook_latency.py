@@ -1,7 +1,7 @@
 """Callback latency: from the terminal transition's commit to the receiver, through the real path.
 
 1,000 jobs that succeed on their first poll, each with a callback URL on a verifying
-:class:`~worker.webhooks.receiver.Receiver` (same ``whsec_`` secret as jobtracker). The path is
+:class:`~worker.devtools.receiver.Receiver` (same ``whsec_`` secret as jobtracker). The path is
 the real one: ``jobtracker run`` polls the fake provider (its own process), the transition writes
 the outbox row in its transaction, and right after the commit one of the worker process's
 delivery threads POSTs the signed callback.
@@ -66,7 +66,7 @@ class CommitListener(threading.Thread):
 
 
 def main() -> int:
-    from worker.webhooks.receiver import Receiver
+    from worker.devtools.receiver import Receiver
 
     args = c.parse_args(__doc__ or "", qps=QPS)
     qps = float(args.qps)

@@ -26,3 +26,7 @@ class ProviderState(Base):
     throttled_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     consecutive_throttles: Mapped[int] = mapped_column(Integer, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+
+    def is_throttled(self, now: datetime) -> bool:
+        """Whether a RequestLimitExceeded back-off is still running at ``now``."""
+        return self.throttled_until is not None and self.throttled_until > now

@@ -36,7 +36,7 @@ def _fresh_settings() -> Iterator[None]:
 def pg_template() -> Iterator[str]:
     """A PostgreSQL database migrated once; tests clone it (procrastinate's trick)."""
     services.require("PostgreSQL", services.pg_error())
-    from worker.migrate import upgrade
+    from worker.runtime.migrate import upgrade
     from worker.settings import Settings
 
     name = services.unique_name("jt_template")
@@ -65,7 +65,7 @@ def pg_url(pg_template: str) -> Iterator[str]:
 def sqlite_url(tmp_path: Path) -> Iterator[str]:
     """A fresh, migrated SQLite database file for one test."""
     from worker.db import dispose_engines
-    from worker.migrate import upgrade
+    from worker.runtime.migrate import upgrade
     from worker.settings import Settings
 
     url = f"sqlite:///{tmp_path / 'jobtracker.db'}"
@@ -102,8 +102,8 @@ def make_settings(tmp_path: Path) -> Callable[..., object]:
 @pytest.fixture
 def sim() -> Iterator[object]:
     """The fake Tencent Cloud API on a loopback port; provider clients are dropped after."""
+    from worker.devtools.simulator import Simulator
     from worker.providers.client import clear_clients
-    from worker.simulator import Simulator
 
     with Simulator() as simulator:
         yield simulator

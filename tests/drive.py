@@ -9,18 +9,14 @@ from sqlalchemy import select
 
 from models import TrackedJob
 from worker.db import session_scope
-from worker.poll import poll_batch
+from worker.flow.poll import poll_batch
+from worker.flow.tick import claim_all, expire_unreachable
 from worker.settings import Settings
-from worker.tick import claim_all, expire_unreachable
 
 
 def step(settings: Settings) -> int:
     """One tick's worth of work, done inline: claim due jobs, poll each batch."""
-    from worker.outbox import deliver_soon
-
-    expired = expire_unreachable(settings)
-    if expired:
-        deliver_soon(expired, settings)
+    expire_unreachable(settings)
     claims = claim_all(settings)
     for kind, claimed in claims.items():
         by_region: dict[str, list[tuple[int, datetime]]] = {}

@@ -6,7 +6,7 @@ services enqueue with :func:`track`.
 
 from __future__ import annotations
 
-from worker.app import app
-from worker.enqueue import track
+from worker.flow.enqueue import track
+from worker.runtime.app import app
 
 __all__ = ["app", "track"]

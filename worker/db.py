@@ -67,6 +67,8 @@ def session_scope(settings: Settings | None = None) -> Iterator[Session]:
     get_engine(settings)
     factory = _sessionmakers[settings.database_url]
     with factory.begin() as session:
+        # Read by the after-commit hook that hands new callbacks to delivery (flow.deliver).
+        session.info["settings"] = settings
         yield session
 
 

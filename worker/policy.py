@@ -1,6 +1,9 @@
-"""Scheduling policies as values: when to poll a job next, how long to back a provider off.
+"""Every scheduling policy as a value: when to poll a job next, how long a whole provider rests,
+when to retry a callback and how long one attempt may take.
 
-Pure functions of their inputs (``polls``, ``errors``, a random draw): testable without a clock.
+Each is a frozen dataclass whose docstring states its formula, and a pure function of its inputs
+(``polls``, ``errors``, ``attempts``, a random draw): testable without a clock, a database or a
+network.
 """
 
 from __future__ import annotations
@@ -8,15 +11,20 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from worker.settings import Settings
+from worker.errors import ConfigError
+from worker.settings import DEFAULT_RETRY_SCHEDULE, Settings
 
 Rand = Callable[[], float]
 
 
-def _jitter(delay: float, fraction: float, rand: Rand) -> float:
+def jitter(delay: float, fraction: float, rand: Rand = random.random) -> float:
     """``delay`` scaled by a uniform factor in [1 - fraction, 1 + fraction]."""
-    return delay * (1.0 + fraction * (2.0 * rand() - 1.0))
+    r = rand()
+    if not 0 <= r <= 1:
+        raise ValueError(f"rand() must return a number in [0, 1], got {r!r}")
+    return delay * (1.0 + fraction * (2.0 * r - 1.0))
 
 
 @dataclass(frozen=True)
@@ -45,11 +53,11 @@ class PollPolicy:
 
     def next_delay(self, polls: int, rand: Rand = random.random) -> float:
         base = self._clamp(self.min_s * self.growth ** max(0, min(polls - 1, 64)))
-        return self._clamp(_jitter(base, self.jitter, rand))
+        return self._clamp(jitter(base, self.jitter, rand))
 
     def error_delay(self, errors: int, rand: Rand = random.random) -> float:
         base = self._clamp(self.min_s * self.error_growth ** max(1, min(errors, 64)))
-        return self._clamp(_jitter(base, self.jitter, rand))
+        return self._clamp(jitter(base, self.jitter, rand))
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,97 @@ class ProviderBackoff:
         base = min(
             self.throttle_max_s, self.throttle_base_s * 2 ** max(0, min(consecutive - 1, 32))
         )
-        return _jitter(base, self.jitter, rand)
+        return jitter(base, self.jitter, rand)
 
     def probe_delay(self, paused_for_s: float) -> float:
         return max(self.probe_base_s, min(self.probe_max_s, paused_for_s))
+
+
+class AttemptResult(Protocol):
+    """What :class:`DeliveryPolicy` reads of one attempt (a ``webhooks.send.AttemptOutcome``)."""
+
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def final(self) -> bool: ...
+    @property
+    def retry_after_s(self) -> float | None: ...
+
+
+#: How much of a receiver's answer is kept for the attempt log (``webhook_attempts``).
+LOG_BODY_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """When to retry a callback, and how long one attempt may take.
+
+    After the n-th failed attempt (n = 1, 2, ...) the next one waits::
+
+        delay(n) = max(schedule[n-1] * (1 + jitter * (2 * rand() - 1)),
+                       min(retry_after, retry_after_cap_s))
+
+    where ``rand()`` is uniform in [0, 1) and ``retry_after`` is the receiver's Retry-After (sent
+    with 429 or 503; 0 when absent). There is no next attempt (``None``, the message ends
+    ``failed``) when n > len(schedule), after 410 Gone, or when the URL is refused. So a message
+    gets at most ``1 + len(schedule)`` attempts; the default schedule is Svix's (5 s, 5 min,
+    30 min, 2 h, 5 h, 10 h, 10 h). A missing secret is retried like any failure, so setting one
+    within the schedule still delivers.
+
+    One attempt: connecting may take ``connect_timeout_s``, everything (DNS, connect, TLS, request,
+    answer) ``total_timeout_s``; at most ``body_cap_bytes`` of the answer are read.
+    """
+
+    retry_schedule_s: tuple[float, ...] = tuple(float(s) for s in DEFAULT_RETRY_SCHEDULE)
+    #: Each delay varies by up to this fraction either way, so retries do not arrive in waves.
+    jitter: float = 0.1
+    retry_after_cap_s: float = 3600.0
+    connect_timeout_s: float = 5.0
+    total_timeout_s: float = 15.0
+    body_cap_bytes: int = 64 * 1024
+    #: Also refuse private, loopback, ULA and CGNAT addresses (JOBTRACKER_WEBHOOK_BLOCK_PRIVATE).
+    block_private: bool = False
+
+    def __post_init__(self) -> None:
+        if any(not s >= 0 for s in self.retry_schedule_s):
+            raise ConfigError("webhook retry delays must be non-negative seconds")
+        if not 0 <= self.jitter < 1:
+            raise ConfigError("webhook retry jitter must be in [0, 1)")
+        if not 0 < self.connect_timeout_s <= self.total_timeout_s:
+            raise ConfigError("webhook timeouts must satisfy 0 < connect <= total")
+        if self.retry_after_cap_s < 0 or self.body_cap_bytes < LOG_BODY_BYTES:
+            raise ConfigError(
+                f"webhook Retry-After cap must be >= 0 and body cap >= {LOG_BODY_BYTES} bytes"
+            )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DeliveryPolicy:
+        return cls(
+            retry_schedule_s=tuple(float(s) for s in settings.webhook_retry_schedule_s),
+            block_private=settings.webhook_block_private,
+        )
+
+    @property
+    def max_attempts(self) -> int:
+        return 1 + len(self.retry_schedule_s)
+
+    @property
+    def lease_s(self) -> float:
+        """How long a sender holds a message: one attempt ends within ``total_timeout_s`` (the
+        sender enforces it), so a sender that died mid-POST delays the retry by at most this."""
+        return self.total_timeout_s + 5.0
+
+    def next_attempt_delay(
+        self, attempts_made: int, outcome: AttemptResult, *, rand: Rand = random.random
+    ) -> float | None:
+        """Seconds until the next attempt after ``attempts_made`` attempts, or None if none."""
+        if outcome.ok:
+            raise ValueError("the message was delivered; there is no next attempt")
+        if attempts_made < 1:
+            raise ValueError("attempts_made counts the attempt just made, so it is >= 1")
+        if outcome.final or attempts_made > len(self.retry_schedule_s):
+            return None
+        delay = jitter(self.retry_schedule_s[attempts_made - 1], self.jitter, rand)
+        if outcome.retry_after_s is not None:
+            delay = max(delay, min(outcome.retry_after_s, self.retry_after_cap_s))
+        return delay

@@ -27,7 +27,7 @@ class Tracker:
     def start(self) -> Tracker:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "run"],
+            [sys.executable, "-m", "worker", "run"],
             env=self.env,
             cwd=self.cwd,
             stdout=log,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.acceptance.proc import query
-from worker.demo import LIFECYCLES
+from worker.devtools.demo import LIFECYCLES
 from worker.providers.table import PROVIDERS
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ def run_demo(cwd: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], f
     }
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "demo", *args],
+        [sys.executable, "-m", "worker", "demo", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -87,7 +87,7 @@ def test_demo_finishes_with_every_job_in_its_expected_state(
     assert printed_url == url
     env = {**os.environ, "JOBTRACKER_DATABASE_URL": printed_url}
     jobs = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "jobs", "--json"],
+        [sys.executable, "-m", "worker", "jobs", "--json"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -98,7 +98,7 @@ def test_demo_finishes_with_every_job_in_its_expected_state(
     assert len(json.loads(jobs.stdout)) == n
     show = next(line.strip() for line in output.splitlines() if "jobtracker show " in line)
     page = subprocess.run(
-        [sys.executable, "-m", "worker.cli", *shlex.split(show)[1:]],
+        [sys.executable, "-m", "worker", *shlex.split(show)[1:]],
         cwd=tmp_path,
         env=env,
         capture_output=True,

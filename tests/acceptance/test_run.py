@@ -13,8 +13,8 @@ import pytest
 
 from tests import services
 from tests.acceptance.proc import Tracker, query, wait_until
-from worker.simulator import Simulator
-from worker.webhooks.receiver import Receiver
+from worker.devtools.receiver import Receiver
+from worker.devtools.simulator import Simulator
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +80,7 @@ def enqueue(env: dict[str, str], cwd: Path, kind: str, job_id: str, *extra: str)
     import os
 
     result = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "enqueue", kind, job_id, *extra],
+        [sys.executable, "-m", "worker", "enqueue", kind, job_id, *extra],
         env={**os.environ, **env},
         cwd=cwd,
         capture_output=True,
@@ -281,7 +281,7 @@ def test_two_trackers_with_two_beats_poll_each_job_without_duplicates(
 def test_a_tracker_killed_mid_delivery_delivers_after_restart_with_the_same_id(
     sim: Simulator, pg_url: str, redis_url: str, tmp_path: Path
 ) -> None:
-    from worker.webhooks.receiver import Reply
+    from worker.devtools.receiver import Reply
 
     env = tracker_env(sim, {"JOBTRACKER_DATABASE_URL": pg_url, "JOBTRACKER_BROKER_URL": redis_url})
     with Receiver(secrets=[SECRET]) as rx:

@@ -16,13 +16,14 @@ from sqlalchemy import select, update
 
 from models import DeliveryStatus, TrackedJob, WebhookDelivery, utcnow
 from tests.drive import drive
-from worker import outbox, provider_state
-from worker.cli import main
 from worker.db import session_scope
-from worker.enqueue import track
+from worker.devtools.receiver import Receiver
+from worker.devtools.simulator import Simulator
+from worker.flow import deliver
+from worker.flow.enqueue import track
+from worker.ops.cli import main
+from worker.providers import state as provider_state
 from worker.settings import Settings
-from worker.simulator import Simulator
-from worker.webhooks.receiver import Receiver
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -58,7 +59,7 @@ def world(
     503, retry pending), not found (callback answered 410: failed), and one still pending that
     keeps getting InternalError."""
     sent: list[str] = []
-    monkeypatch.setattr(outbox, "deliver_soon", lambda ids, _settings: sent.extend(ids))
+    monkeypatch.setattr(deliver, "deliver_soon", lambda ids, _settings, **_: sent.extend(ids))
     env = {
         "JOBTRACKER_DATABASE_URL": db_url,
         "JOBTRACKER_POLL_INTERVAL_MIN": "0.05",
@@ -88,7 +89,7 @@ def world(
         plan = {ids["succeed-2-cli"]: 200, ids["fail-2-cli"]: 503, ids["notfound-cli"]: 410}
         for job_ref, answer in plan.items():
             receiver.script([answer])
-            assert outbox.deliver_one(by_job[job_ref], settings) is not None
+            assert deliver.deliver_one(by_job[job_ref], settings) is not None
         yield World(settings, env, receiver, ids)
 
 
@@ -264,7 +265,7 @@ def test_redeliver_failed_since_makes_them_due_for_the_sweep(world: World) -> No
     assert again.status == "pending" and again.next_attempt_at <= utcnow()
     # The worker's sweep picks it up (here: the sweep's query).
     with session_scope(world.settings) as session:
-        assert failed.id in outbox.due_deliveries(session, utcnow())
+        assert failed.id in deliver.due_deliveries(session, utcnow())
 
 
 def test_stats_counts_and_provider_states(world: World) -> None:

@@ -17,12 +17,12 @@ from sqlalchemy import select, update
 from models import JobTransition, ProviderState, TrackedJob, utcnow
 from tests.drive import drive, step
 from worker.db import session_scope
-from worker.enqueue import track
-from worker.poll import poll_batch
+from worker.devtools.simulator import Simulator
+from worker.flow.enqueue import track
+from worker.flow.poll import poll_batch
+from worker.flow.tick import claim_all
 from worker.providers.client import clear_clients
 from worker.settings import Settings
-from worker.simulator import Simulator
-from worker.tick import claim_all
 
 
 def engine_settings(db_url: str, sim: Simulator, tmp_path: Path, **env: str) -> Settings:
@@ -269,7 +269,7 @@ def test_a_claim_takes_at_most_its_limit_on_a_fresh_table(db_url: str, tmp_path:
                 + ", ".join(f"('image_animate', 'j{n}')" for n in range(50))
             )
         )
-    from worker.tick import claim_due
+    from worker.flow.tick import claim_due
 
     with session_scope(settings) as session:
         claimed = claim_due(

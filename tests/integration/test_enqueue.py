@@ -16,12 +16,12 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, func, select, text
 
 from models import TrackedJob, utcnow
-from worker.cli import main
 from worker.db import normalize_url, session_scope
-from worker.enqueue import track
 from worker.errors import EnqueueError
+from worker.flow.enqueue import track
+from worker.flow.tick import claim_due
+from worker.ops.cli import main
 from worker.settings import Settings
-from worker.tick import claim_due
 
 
 def settings_for(url: str, tmp_path: Path, **env: str) -> Settings:
@@ -151,7 +151,7 @@ def test_cli_refuses_bad_input_with_exit_code_2(
 def test_cli_enqueue_prints_the_job_as_json_in_a_real_process(db_url: str, tmp_path: Path) -> None:
     env = {**os.environ, "JOBTRACKER_DATABASE_URL": db_url}
     command = [
-        sys.executable, "-m", "worker.cli", "enqueue", "video_face_fusion", "JOB-1",
+        sys.executable, "-m", "worker", "enqueue", "video_face_fusion", "JOB-1",
         "--callback-url", "http://127.0.0.1:9/hook", "--region", "ap-beijing",
         "--metadata", '{"user": 7}',
     ]  # fmt: skip
@@ -173,7 +173,7 @@ def test_cli_enqueue_prints_the_job_as_json_in_a_real_process(db_url: str, tmp_p
     assert json.loads(second.stdout)["id"] == job["id"]
     assert count_rows(db_url) == 1
     bad = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "enqueue", "nope", "J"],
+        [sys.executable, "-m", "worker", "enqueue", "nope", "J"],
         env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )  # fmt: skip
     assert bad.returncode == 2
@@ -187,7 +187,7 @@ def test_celery_send_task_enqueues_through_a_real_broker(
     from celery import Celery
     from celery.contrib.testing.worker import start_worker
 
-    from worker.app import app, celery_config
+    from worker.runtime.app import app, celery_config
     from worker.settings import reset_settings
 
     env = {"JOBTRACKER_DATABASE_URL": pg_url, "JOBTRACKER_BROKER_URL": redis_url}

@@ -19,13 +19,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from models import utcnow
 from tests.acceptance.proc import Tracker, query, wait_until
 from tests.drive import drive
-from worker import outbox, provider_state
 from worker.db import session_scope
-from worker.enqueue import track
-from worker.metrics import DatabaseCollector
+from worker.devtools.receiver import Receiver
+from worker.devtools.simulator import Simulator
+from worker.flow import deliver
+from worker.flow.enqueue import track
+from worker.ops.metrics import DatabaseCollector
+from worker.providers import state as provider_state
 from worker.settings import Settings
-from worker.simulator import Simulator
-from worker.webhooks.receiver import Receiver
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -67,7 +68,9 @@ def scrape_collector(settings: Settings) -> Samples:
 def test_database_gauges_show_jobs_providers_and_pending_callbacks(
     db_url: str, sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(outbox, "deliver_soon", lambda ids, _settings: None)  # leave them pending
+    monkeypatch.setattr(
+        deliver, "deliver_soon", lambda ids, _settings, **_: None
+    )  # leave them pending
     settings = settings_for(db_url, sim, tmp_path)
     before = scrape_collector(settings)
     assert value(before, "jobtracker_database_up") == 1
@@ -114,7 +117,7 @@ def test_polls_errors_and_deliveries_are_counted(
     sqlite_url: str, sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sent: list[str] = []
-    monkeypatch.setattr(outbox, "deliver_soon", lambda ids, _settings: sent.extend(ids))
+    monkeypatch.setattr(deliver, "deliver_soon", lambda ids, _settings, **_: sent.extend(ids))
     settings = settings_for(sqlite_url, sim, tmp_path)
 
     def sample(name: str, **labels: str) -> float:
@@ -137,7 +140,7 @@ def test_polls_errors_and_deliveries_are_counted(
         drive(settings, seconds=10)
         ids = list(sent)
         assert len(ids) == 3
-        outcomes = [outbox.deliver_one(i, settings) for i in ids]
+        outcomes = [deliver.deliver_one(i, settings) for i in ids]
     assert sorted(o or "" for o in outcomes) == ["delivered", "delivered", "pending"]
 
     # succeed-2: 2 answers; throttle-1: a throttle, then an answer; notfound: terminal.
@@ -198,7 +201,7 @@ def test_jobtracker_run_serves_metrics_over_http(
             return True
 
         wait_until(serving, 30, "the metrics endpoint", tracker)
-        enqueue = [sys.executable, "-m", "worker.cli", "enqueue", "--callback-url", receiver.url]
+        enqueue = [sys.executable, "-m", "worker", "enqueue", "--callback-url", receiver.url]
         for job_id in ("succeed-2-h", "fail-1-h", "throttle-1-h"):
             subprocess.run(
                 [*enqueue, "video_face_fusion", job_id],

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, inspect, text
 import models
 from tests import services
 from worker.db import dispose_engines, normalize_url
-from worker.migrate import current_revision, downgrade, head_revision, upgrade
+from worker.runtime.migrate import current_revision, downgrade, head_revision, upgrade
 from worker.settings import Settings
 
 TABLES = {

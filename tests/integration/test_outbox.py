@@ -12,12 +12,12 @@ from sqlalchemy import func, select, update
 
 from models import TrackedJob, WebhookAttempt, WebhookDelivery, utcnow
 from tests.drive import drive
-from worker import outbox
 from worker.db import session_scope
-from worker.enqueue import track
+from worker.devtools.receiver import Receiver, Reply
+from worker.devtools.simulator import Simulator
+from worker.flow import deliver
+from worker.flow.enqueue import track
 from worker.settings import Settings
-from worker.simulator import Simulator
-from worker.webhooks.receiver import Receiver, Reply
 
 OLD = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 NEW = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
@@ -31,7 +31,7 @@ def delivered_now(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     def inline(ids: list[str], settings: object = None, **_: object) -> None:
         sent.extend(ids)
 
-    monkeypatch.setattr(outbox, "deliver_soon", inline)
+    monkeypatch.setattr(deliver, "deliver_soon", inline)
     return sent
 
 
@@ -52,7 +52,7 @@ def make(db_url: str, sim: Simulator, tmp_path: Path, **env: str) -> Settings:
 
 
 def send_all(settings: Settings, ids: list[str]) -> list[str | None]:
-    results = [outbox.deliver_one(i, settings) for i in ids]
+    results = [deliver.deliver_one(i, settings) for i in ids]
     ids.clear()
     return results
 
@@ -132,9 +132,9 @@ def test_receiver_down_then_up_is_retried_with_the_same_id(
         for _ in range(3):
             time.sleep(0.35)
             with session_scope(settings) as session:
-                due = outbox.due_deliveries(session, utcnow())
+                due = deliver.due_deliveries(session, utcnow())
             for delivery_id in due:
-                outbox.deliver_one(delivery_id, settings)
+                deliver.deliver_one(delivery_id, settings)
         [message] = rx.wait_for(1, timeout=5)
     finally:
         rx.stop()
@@ -182,7 +182,7 @@ def test_retries_run_out_and_the_message_stays_visible_as_failed(
         track("image_animate", "succeed-1-x", callback_url=rx.url, settings=settings)
         drive(settings)
         [delivery_id] = delivered_now
-        results = [outbox.deliver_one(delivery_id, settings) for _ in range(4)]
+        results = [deliver.deliver_one(delivery_id, settings) for _ in range(4)]
     assert results == ["pending", "pending", "failed", None]
     [delivery] = deliveries(settings)
     assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("failed", 3, 500)
@@ -192,8 +192,8 @@ def test_retries_run_out_and_the_message_stays_visible_as_failed(
         with session_scope(settings) as session:
             session.execute(update(WebhookDelivery).values(url=rx2.url))
         since = utcnow() - timedelta(minutes=5)
-        assert outbox.redeliver_failed(settings, since) == [delivery.id]
-        assert outbox.deliver_one(delivery.id, settings) == "delivered"
+        assert deliver.redeliver_failed(settings, since) == [delivery.id]
+        assert deliver.deliver_one(delivery.id, settings) == "delivered"
         [message] = rx2.wait_for(1)
     assert message.msg_id == delivery.id
     assert len(attempts(settings, delivery.id)) == 4
@@ -212,13 +212,13 @@ def test_a_crashed_sender_leaves_the_message_to_the_sweep(
             session.execute(
                 update(WebhookDelivery).values(lease_expires_at=utcnow() + timedelta(seconds=0.3))
             )
-        assert outbox.deliver_one(delivery_id, settings) is None  # leased: not ours
+        assert deliver.deliver_one(delivery_id, settings) is None  # leased: not ours
         import time
 
         time.sleep(0.4)
         with session_scope(settings) as session:
-            assert outbox.due_deliveries(session, utcnow()) == [delivery_id]
-        assert outbox.deliver_one(delivery_id, settings) == "delivered"
+            assert deliver.due_deliveries(session, utcnow()) == [delivery_id]
+        assert deliver.deliver_one(delivery_id, settings) == "delivered"
         [message] = rx.wait_for(1)
     assert message.msg_id == delivery_id
 
@@ -252,11 +252,11 @@ def test_no_secret_or_signature_in_logs(
         track("image_animate", "succeed-1-log", callback_url=rx.url, settings=settings)
         drive(settings)
         [delivery_id] = delivered_now
-        outbox.deliver_one(delivery_id, settings)
+        deliver.deliver_one(delivery_id, settings)
         import time
 
         time.sleep(0.3)
-        outbox.deliver_one(delivery_id, settings)
+        deliver.deliver_one(delivery_id, settings)
         [message] = rx.wait_for(1)
     text = caplog.text
     assert OLD not in text and OLD.removeprefix("whsec_") not in text
@@ -299,10 +299,10 @@ def test_the_sweep_reserves_what_it_hands_out(
         )
     drive(settings)
     delivered_now.clear()  # the after-commit sends were lost (say, the process died)
-    assert outbox.sweep(settings) == 3
+    assert deliver.sweep(settings) == 3
     assert sorted(delivered_now) == sorted(d.id for d in deliveries(settings))
-    assert outbox.sweep(settings) == 0  # reserved: not handed out again while they wait
+    assert deliver.sweep(settings) == 0  # reserved: not handed out again while they wait
     # The reservation lets exactly its holder send.
     [first, *_] = deliveries(settings)
-    assert outbox.deliver_one(first.id, settings) is None
-    assert outbox.deliver_one(first.id, settings, reserved=first.lease_expires_at) == "pending"
+    assert deliver.deliver_one(first.id, settings) is None
+    assert deliver.deliver_one(first.id, settings, reserved=first.lease_expires_at) == "pending"

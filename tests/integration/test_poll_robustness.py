@@ -11,13 +11,13 @@ from sqlalchemy import select
 
 from models import JobStatus, ProviderState, TrackedJob, utcnow
 from tests.drive import step
-from worker import poll
 from worker.db import session_scope
-from worker.enqueue import track
+from worker.devtools.simulator import Simulator
+from worker.flow import poll
+from worker.flow.enqueue import track
 from worker.providers.normalize import Answer, normalize
 from worker.providers.table import PROVIDERS
 from worker.settings import Settings
-from worker.simulator import Simulator
 
 
 def statuses(settings: Settings) -> dict[str, str]:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from models.jobs import JobStatus
+from worker.devtools.simulator import Simulator
 from worker.errors import (
     ErrorClass,
     JobCanceled,
@@ -28,7 +29,6 @@ from worker.providers.client import clear_clients, get_client
 from worker.providers.normalize import Answer
 from worker.providers.table import PROVIDERS, VCLM_STATUS_VALUES, ProviderSpec, ResultSpec
 from worker.settings import Settings
-from worker.simulator import Simulator
 
 SECRET_ID = "AKIDintegration000000000000000001"
 SECRET_KEY = "itest-Secret-Key-7f3b9c2e5d1a"

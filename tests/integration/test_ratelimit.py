@@ -6,7 +6,7 @@ import itertools
 import threading
 import time
 
-from worker.ratelimit import RateLimiter, RedisRateLimiter, slot_times
+from worker.providers.ratelimit import RateLimiter, RedisRateLimiter, slot_times
 
 
 def acquire(limiter: RateLimiter, key: str, qps: float, max_wait_s: float) -> bool:

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import requests
 
+from worker.devtools.simulator import COUNTERS_PATH, Simulator
+from worker.devtools.simulator.signing import HttpRequest, authorization
 from worker.errors import ProviderConfigError, ThrottledError
 from worker.providers.client import clear_clients, get_client
 from worker.settings import Settings
-from worker.simulator import COUNTERS_PATH, Simulator
-from worker.simulator.signing import HttpRequest, authorization
 
 SECRET_ID = "AKIDservertest000000000000000001"
 SECRET_KEY = "server-test-secret-key-1"
@@ -117,7 +117,7 @@ def test_limit_is_per_action(sim: Simulator, tmp_path: Path) -> None:
 
 
 def test_standalone_cli_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "worker.simulator", "--port", "0", "--qps", "50"]
+    command = [sys.executable, "-m", "worker.devtools.simulator", "--port", "0", "--qps", "50"]
     command += ["--secret-id", SECRET_ID, "--secret-key", SECRET_KEY]
     process = subprocess.Popen(
         command,

@@ -9,10 +9,10 @@ from sqlalchemy import func, select, text
 
 from models import JobStatus, JobTransition, TrackedJob, WebhookDelivery, utcnow
 from worker.db import session_scope
-from worker.enqueue import track
 from worker.errors import InvalidTransition
+from worker.flow.enqueue import track
+from worker.flow.transition import Move, transition_many
 from worker.settings import Settings
-from worker.transition import Move, transition_many
 
 
 def load(settings: Settings, job_id: str) -> TrackedJob:

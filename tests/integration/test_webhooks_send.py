@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 import requests
 
-from worker.webhooks.receiver import Receiver, Reply
-from worker.webhooks.send import USER_AGENT, AttemptOutcome, DeliveryPolicy, send
+from worker.devtools.receiver import Receiver, Reply
+from worker.policy import DeliveryPolicy
+from worker.webhooks.send import USER_AGENT, AttemptOutcome, send
 from worker.webhooks.signing import build_payload, encode_body, new_message_id, sign_headers
 from worker.webhooks.transport import make_session
 

@@ -10,7 +10,7 @@ from kombu import Connection
 def connect(folder: Path) -> Connection:
     return Connection(
         "filesystem://",
-        transport="worker.embedded_broker:Transport",
+        transport="worker.runtime.embedded_broker:Transport",
         transport_options={
             "data_folder_in": str(folder),
             "data_folder_out": str(folder),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.logs import configure_logging
+from worker.ops.logs import configure_logging
 from worker.settings import Settings
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -54,23 +54,23 @@ def test_json_lines_parse_and_carry_job_context(
 ) -> None:
     configure_logging(settings(tmp_path, JOBTRACKER_LOG_FORMAT="json"))
     context = {"kind": "image_animate", "job_id": "1194931538865782784", "tracked_job_id": 7}
-    logging.getLogger("worker.poll").info(
+    logging.getLogger("worker.flow.poll").info(
         "job %s -> %s", "queued", "running", extra={**context, "status": "running"}
     )
-    logging.getLogger("worker.outbox").info(
+    logging.getLogger("worker.flow.outbox").info(
         "callback delivered",
         extra={"delivery_id": "msg_1", "tracked_job_id": 7, "at": datetime(2024, 5, 1, tzinfo=UTC)},
     )
     try:
         raise ValueError("multi\nline")
     except ValueError:
-        logging.getLogger("worker.tasks").exception("task failed", extra=context)
+        logging.getLogger("worker.runtime.tasks").exception("task failed", extra=context)
 
     first, second, third = (json.loads(line) for line in lines(capsys))
     assert first == {
         "ts": first["ts"],
         "level": "INFO",
-        "logger": "worker.poll",
+        "logger": "worker.flow.poll",
         "message": "job queued -> running",
         **context,
         "status": "running",
@@ -85,12 +85,12 @@ def test_text_lines_carry_the_same_context(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     configure_logging(settings(tmp_path))
-    logging.getLogger("worker.enqueue").info(
+    logging.getLogger("worker.flow.enqueue").info(
         "job enqueued", extra={"kind": "video_face_fusion", "job_id": "abc", "tracked_job_id": 3}
     )
     [line] = lines(capsys)
     assert line.endswith(
-        "INFO worker.enqueue: job enqueued kind=video_face_fusion job_id=abc tracked_job_id=3"
+        "INFO worker.flow.enqueue: job enqueued kind=video_face_fusion job_id=abc tracked_job_id=3"
     )
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from worker.policy import PollPolicy, ProviderBackoff
-from worker.ratelimit import LocalRateLimiter
+from worker.providers.ratelimit import LocalRateLimiter
 
 
 def test_poll_delay_grows_then_settles_at_the_maximum() -> None:

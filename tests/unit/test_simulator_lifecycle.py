@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.simulator.lifecycle import CHARSET_CONTENT_TYPE, Lifecycles, Step, parse_job_id
+from worker.devtools.simulator.lifecycle import CHARSET_CONTENT_TYPE, Lifecycles, Step, parse_job_id
 
 
 def names(job_id: str, polls: int) -> list[str]:

@@ -12,7 +12,7 @@ from tencentcloud.common.http.request import RequestInternal
 from tencentcloud.common.profile.client_profile import ClientProfile
 from tencentcloud.common.profile.http_profile import HttpProfile
 
-from worker.simulator import signing
+from worker.devtools.simulator import signing
 
 SECRET_ID = "AKIDunit0000"
 SECRET_KEY = "unit-secret-key"

@@ -17,7 +17,8 @@ from urllib3.exceptions import (
     ReadTimeoutError,
 )
 
-from worker.webhooks.send import AttemptError, DeliveryPolicy, _classify
+from worker.policy import DeliveryPolicy
+from worker.webhooks.classify import AttemptError, classify
 
 POLICY = DeliveryPolicy()
 CONN = HTTPConnection("hooks.example.com", 443)
@@ -82,7 +83,7 @@ def wrapped(reason: Exception) -> MaxRetryError:
 def test_classification(
     exc: requests.RequestException, error_class: AttemptError, fragment: str
 ) -> None:
-    got_class, message = _classify(exc, POLICY)
+    got_class, message = classify(exc, connect_timeout_s=POLICY.connect_timeout_s)
     assert got_class == error_class
     assert fragment in message
     assert "object at 0x" not in message

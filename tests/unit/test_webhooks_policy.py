@@ -11,8 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from worker.errors import ConfigError
+from worker.policy import DeliveryPolicy
 from worker.settings import Settings
-from worker.webhooks.send import AttemptError, AttemptOutcome, DeliveryPolicy, parse_retry_after
+from worker.webhooks.send import AttemptError, AttemptOutcome, parse_retry_after
 
 SVIX = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 FAILED = AttemptOutcome(ok=False, status_code=500, error_class=AttemptError.HTTP)

@@ -1,11 +1,10 @@
-"""Completion callbacks, without the database.
+"""Completion callbacks over HTTP, without the database.
 
 - :mod:`worker.webhooks.signing` builds a message and its Standard Webhooks headers;
 - :mod:`worker.webhooks.urls` refuses unsafe callback URLs (syntax at enqueue, addresses at send);
 - :mod:`worker.webhooks.transport` is the HTTP session that connects only to checked addresses;
-- :mod:`worker.webhooks.send` makes one attempt and the retry policy decides the next;
-- :mod:`worker.webhooks.receiver` is a verifying receiver for demos and tests.
+- :mod:`worker.webhooks.send` makes one attempt; :mod:`worker.webhooks.classify` names what went
+  wrong. When to try again is :class:`worker.policy.DeliveryPolicy`'s call.
 
-The outbox rows, the sweep and the Celery tasks that call :func:`~worker.webhooks.send.send` live
-with the database code.
+The outbox rows and their delivery live in :mod:`worker.flow.outbox` and :mod:`worker.flow.deliver`.
 """

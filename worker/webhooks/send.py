@@ -1,54 +1,32 @@
-"""One delivery attempt (:func:`send`), and the policy that schedules the next one.
+"""One delivery attempt: :func:`send` POSTs a signed message once and says what happened.
 
 :func:`send` never raises for anything the network or the receiver does: every result is an
 :class:`AttemptOutcome` whose fields map onto a ``webhook_attempts`` row. It does no database
-work and sleeps nowhere; retries belong to the caller, which asks the policy when to try again.
+work and sleeps nowhere; retries belong to the caller, which asks
+:class:`~worker.policy.DeliveryPolicy` when to try again.
 """
 
 from __future__ import annotations
 
 import email.utils
-import enum
 import logging
-import random
-import socket
-import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import requests
-from urllib3.exceptions import NameResolutionError
 
 from worker.errors import ConfigError, UnsafeCallbackURL
-from worker.settings import DEFAULT_RETRY_SCHEDULE
+from worker.policy import LOG_BODY_BYTES, DeliveryPolicy
+from worker.webhooks.classify import AttemptError, classify
 from worker.webhooks.signing import NoWebhookSecret, sign_headers
 from worker.webhooks.transport import PinnedAdapter, make_session, pinned
-from worker.webhooks.urls import (
-    CallbackResolutionError,
-    check_url,
-    resolve_callback_url,
-    validate_callback_url,
-)
+from worker.webhooks.urls import CallbackResolutionError, resolve_callback_url
 
-if TYPE_CHECKING:
-    from worker.settings import Settings
-
-__all__ = [
-    "USER_AGENT",
-    "AttemptError",
-    "AttemptOutcome",
-    "DeliveryPolicy",
-    "UnsafeCallbackURL",
-    "check_url",
-    "parse_retry_after",
-    "send",
-    "validate_callback_url",
-]
+__all__ = ["USER_AGENT", "AttemptError", "AttemptOutcome", "parse_retry_after", "send"]
 
 log = logging.getLogger(__name__)
 
@@ -61,30 +39,7 @@ def _version() -> str:
 
 
 USER_AGENT = f"jobtracker-webhooks/{_version()}"
-#: How much of the receiver's answer is kept for the attempt log (``webhook_attempts``).
-LOG_BODY_BYTES = 1024
 _MAX_MESSAGE = 500
-
-
-class AttemptError(enum.StrEnum):
-    """``webhook_attempts.error_class``: why an attempt failed."""
-
-    #: The receiver answered, but not 2xx (3xx included: redirects are not followed).
-    HTTP = "http"
-    #: Connecting took longer than the connect timeout, or the whole attempt longer than the total.
-    TIMEOUT = "timeout"
-    #: Refused, reset or unreachable.
-    CONNECTION = "connection"
-    #: The host name could not be resolved.
-    DNS = "dns"
-    #: TLS handshake or certificate verification failed.
-    TLS = "tls"
-    #: The URL is not allowed (syntax, or an address in a refused range); never retried.
-    REFUSED_URL = "refused_url"
-    #: No signing secret is configured, so nothing was sent.
-    NO_SECRET = "no_secret"
-    #: A configured signing secret is unusable, so nothing was sent.
-    BAD_SECRET = "bad_secret"
 
 
 @dataclass(frozen=True)
@@ -109,82 +64,6 @@ class AttemptOutcome:
     def final(self) -> bool:
         """No later attempt can succeed (410 Gone, or a refused URL)."""
         return self.gone or self.error_class == AttemptError.REFUSED_URL
-
-
-@dataclass(frozen=True)
-class DeliveryPolicy:
-    """When to retry a callback, and how long one attempt may take.
-
-    After the n-th failed attempt (n = 1, 2, ...) the next one waits::
-
-        delay(n) = max(schedule[n-1] * (1 + jitter * (2 * rand() - 1)),
-                       min(retry_after, retry_after_cap_s))
-
-    where ``rand()`` is uniform in [0, 1) and ``retry_after`` is the receiver's Retry-After (sent
-    with 429 or 503; 0 when absent). There is no next attempt (``None``, the message ends
-    ``failed``) when n > len(schedule), after 410 Gone, or when the URL is refused. So a message
-    gets at most ``1 + len(schedule)`` attempts; the default schedule is Svix's (5 s, 5 min,
-    30 min, 2 h, 5 h, 10 h, 10 h). A missing secret is retried like any failure, so setting one
-    within the schedule still delivers.
-
-    One attempt: connecting may take ``connect_timeout_s``, everything (DNS, connect, TLS, request,
-    answer) ``total_timeout_s``; at most ``body_cap_bytes`` of the answer are read.
-    """
-
-    retry_schedule_s: tuple[float, ...] = tuple(float(s) for s in DEFAULT_RETRY_SCHEDULE)
-    #: Each delay varies by up to this fraction either way, so retries do not arrive in waves.
-    jitter: float = 0.1
-    retry_after_cap_s: float = 3600.0
-    connect_timeout_s: float = 5.0
-    total_timeout_s: float = 15.0
-    body_cap_bytes: int = 64 * 1024
-    #: Also refuse private, loopback, ULA and CGNAT addresses (JOBTRACKER_WEBHOOK_BLOCK_PRIVATE).
-    block_private: bool = False
-
-    def __post_init__(self) -> None:
-        if any(not s >= 0 for s in self.retry_schedule_s):
-            raise ConfigError("webhook retry delays must be non-negative seconds")
-        if not 0 <= self.jitter < 1:
-            raise ConfigError("webhook retry jitter must be in [0, 1)")
-        if not 0 < self.connect_timeout_s <= self.total_timeout_s:
-            raise ConfigError("webhook timeouts must satisfy 0 < connect <= total")
-        if self.retry_after_cap_s < 0 or self.body_cap_bytes < LOG_BODY_BYTES:
-            raise ConfigError(
-                f"webhook Retry-After cap must be >= 0 and body cap >= {LOG_BODY_BYTES} bytes"
-            )
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> DeliveryPolicy:
-        return cls(
-            retry_schedule_s=tuple(float(s) for s in settings.webhook_retry_schedule_s),
-            block_private=settings.webhook_block_private,
-        )
-
-    @property
-    def max_attempts(self) -> int:
-        return 1 + len(self.retry_schedule_s)
-
-    def next_attempt_delay(
-        self,
-        attempts_made: int,
-        outcome: AttemptOutcome,
-        *,
-        rand: Callable[[], float] = random.random,
-    ) -> float | None:
-        """Seconds until the next attempt after ``attempts_made`` attempts, or None if none."""
-        if outcome.ok:
-            raise ValueError("the message was delivered; there is no next attempt")
-        if attempts_made < 1:
-            raise ValueError("attempts_made counts the attempt just made, so it is >= 1")
-        if outcome.final or attempts_made > len(self.retry_schedule_s):
-            return None
-        r = rand()
-        if not 0 <= r <= 1:
-            raise ValueError(f"rand() must return a number in [0, 1], got {r!r}")
-        delay = self.retry_schedule_s[attempts_made - 1] * (1 + self.jitter * (2 * r - 1))
-        if outcome.retry_after_s is not None:
-            delay = max(delay, min(outcome.retry_after_s, self.retry_after_cap_s))
-        return delay
 
 
 def send(
@@ -262,7 +141,7 @@ def send(
             except requests.RequestException as exc:
                 if watchdog.fired:
                     return attempt.failed(AttemptError.TIMEOUT, _deadline_message(policy))
-                return attempt.failed(*_classify(exc, policy))
+                return attempt.failed(*classify(exc, connect_timeout_s=policy.connect_timeout_s))
             try:
                 if watchdog.fired:
                     # The shutdown may have cut the status line or headers short, and http.client
@@ -396,57 +275,6 @@ class _Attempt:
                 "latency_ms": outcome.latency_ms,
             },
         )
-
-
-def _classify(exc: requests.RequestException, policy: DeliveryPolicy) -> tuple[AttemptError, str]:
-    root = _root_cause(exc)
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return AttemptError.TIMEOUT, f"connect timed out after {policy.connect_timeout_s:g} s"
-    if isinstance(exc, requests.exceptions.Timeout):
-        return AttemptError.TIMEOUT, "timed out waiting for the answer"
-    if isinstance(exc, requests.exceptions.SSLError) or isinstance(root, ssl.SSLError):
-        reason = getattr(root, "verify_message", None)  # set on certificate failures
-        return AttemptError.TLS, f"TLS failed: {reason or _reason(root)}"
-    if _caused_by(exc, (NameResolutionError, socket.gaierror)):
-        return AttemptError.DNS, f"cannot resolve host: {_reason(root)}"
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        return AttemptError.CONNECTION, f"connection failed: {_reason(root)}"
-    return AttemptError.CONNECTION, f"request failed: {type(exc).__name__}: {_reason(root)}"
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """``exc`` and what caused it: urllib3's ``reason``, ``__cause__``, ``__context__``, args."""
-    seen: list[BaseException] = []
-    todo: list[BaseException] = [exc]
-    while todo and len(seen) < 20:
-        current = todo.pop(0)
-        if any(current is s for s in seen):
-            continue
-        seen.append(current)
-        reason = getattr(current, "reason", None)
-        nested = [reason, current.__cause__, current.__context__, *current.args]
-        todo.extend(n for n in nested if isinstance(n, BaseException))
-    return seen
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    chain = _chain(exc)
-    for candidate in reversed(chain):
-        if isinstance(candidate, OSError) and not isinstance(candidate, requests.RequestException):
-            return candidate
-    return chain[-1]
-
-
-def _caused_by(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
-    return any(isinstance(item, kinds) for item in _chain(exc))
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    text = str(exc) or type(exc).__name__
-    # urllib3 prefixes "<HTTPConnection object at 0x...>: " to its messages.
-    return text.rpartition(">: ")[2] if ">: " in text else text
 
 
 def _read_head(response: requests.Response, cap: int, deadline: float) -> tuple[bytes, bool]:

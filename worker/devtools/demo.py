@@ -1,13 +1,13 @@
 """``jobtracker demo``: the whole flow on one machine, with no credentials and no server.
 
-It starts the fake Tencent API (:class:`~worker.simulator.Simulator`, real HTTP on loopback, TC3
-signatures checked), a webhook :class:`~worker.webhooks.receiver.Receiver` that verifies every
-callback's Standard Webhooks signature with a secret made up for this run, and the real
-``jobtracker run`` in a subprocess (SQLite file + embedded broker). It enqueues jobs whose JobIds
-script their lifecycles (see :mod:`worker.simulator.lifecycle`), shows their statuses and
-callbacks as they change, and ends with a summary once every job is terminal and every callback
-arrived. The database is kept, so the run can be inspected afterwards with ``jobtracker jobs``,
-``show``, ``deliveries``, ``stats`` or plain SQL.
+It starts the fake Tencent API (:class:`~worker.devtools.simulator.Simulator`, real HTTP on
+loopback, TC3 signatures checked), a webhook :class:`~worker.devtools.receiver.Receiver` that
+verifies every callback's Standard Webhooks signature with a secret made up for this run, and the
+real ``jobtracker run`` in a subprocess (SQLite file + embedded broker). It enqueues jobs whose
+JobIds script their lifecycles (see :mod:`worker.devtools.simulator.lifecycle`), shows their
+statuses and callbacks as they change, and ends with a summary once every job is terminal and
+every callback arrived. The database is kept, so the run can be inspected afterwards with
+``jobtracker jobs``, ``show``, ``deliveries``, ``stats`` or plain SQL.
 """
 
 from __future__ import annotations
@@ -30,10 +30,15 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from models import TrackedJob
+from worker.db import session_scope
+from worker.devtools.receiver import ReceivedMessage, Receiver
+from worker.devtools.simulator import Simulator
+from worker.errors import ConfigError
+from worker.flow.enqueue import track
+from worker.ops.tables import table
 from worker.providers.table import PROVIDERS
+from worker.runtime.migrate import ensure_schema
 from worker.settings import Settings
-from worker.tables import table
-from worker.webhooks.receiver import ReceivedMessage, Receiver
 
 #: The demo database, in the working directory unless ``--database-url`` is given.
 DEFAULT_DB_FILE = "jobtracker-demo.db"
@@ -213,10 +218,6 @@ class Demo:
         }
 
     def run(self) -> int:
-        from worker.errors import ConfigError
-        from worker.migrate import ensure_schema
-        from worker.simulator import Simulator
-
         secret = new_webhook_secret()
         if self.own_db:
             for suffix in ("", "-wal", "-shm"):
@@ -254,8 +255,6 @@ class Demo:
         return self.summary(finished)
 
     def enqueue(self, settings: Settings, callback_url: str) -> None:
-        from worker.enqueue import track
-
         for job in self.jobs:
             row = track(
                 job.kind,
@@ -277,7 +276,7 @@ class Demo:
         # Run in the scratch directory: Celery beat leaves its schedule files in the cwd.
         with self.log_path.open("ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", "run"],
+                [sys.executable, "-m", "worker", "run"],
                 env=env,
                 cwd=workdir,
                 stdout=log,
@@ -299,8 +298,6 @@ class Demo:
         self, settings: Settings, receiver: Receiver, tracker: subprocess.Popen[bytes]
     ) -> bool:
         """Follow the jobs until all are terminal with their callbacks; False on timeout."""
-        from worker.db import session_scope
-
         by_id = {job.id: job for job in self.jobs}
         seen = 0
         deadline = self.started + self.timeout_s

@@ -42,7 +42,8 @@ def _locked(session: Session, kind: str, now: datetime) -> ProviderState:
 def throttle(session: Session, kind: str, now: datetime) -> datetime:
     """Back the whole provider off after RequestLimitExceeded; return until when."""
     state = _locked(session, kind, now)
-    if state.throttled_until and state.throttled_until > now:
+    if state.is_throttled(now):
+        assert state.throttled_until is not None
         return state.throttled_until  # another worker already backed it off
     state.consecutive_throttles += 1
     state.throttled_until = now + timedelta(

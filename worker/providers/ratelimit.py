@@ -18,6 +18,8 @@ import threading
 import time
 from typing import Protocol
 
+import redis
+
 #: Reserve up to ARGV[3] slots ARGV[1] microseconds apart, all within ARGV[2] microseconds from
 #: now; return {wait before the first slot, slots reserved} (0 slots: the next is too far away).
 _GCRA_LUA = """
@@ -80,8 +82,6 @@ class RedisRateLimiter:
     """The GCRA in Redis, shared by every worker on every host."""
 
     def __init__(self, url: str, prefix: str = "jobtracker:ratelimit:") -> None:
-        import redis
-
         self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self._script = self._redis.register_script(_GCRA_LUA)
         self._prefix = prefix

@@ -1,11 +1,12 @@
-"""The callback outbox: messages written with terminal transitions, then sent and retried.
+"""Callback delivery: send due messages, record every attempt, schedule the next one.
 
-:func:`create_delivery` runs inside the transition's transaction, so a committed terminal status
-always has its message. :func:`deliver_one` sends one message under a short lease (two senders
-never post it at once), logs the attempt, and schedules the next one from the
-:class:`~worker.webhooks.send.DeliveryPolicy`. :func:`sweep` finds messages whose first send was
-lost (crash, broker flushed) or whose retry is due. Delivery is at-least-once with a stable
-``webhook-id``; receivers deduplicate on it.
+:func:`deliver_soon` sends messages on this process's delivery threads (not through the broker:
+a callback must not queue behind poll batches waiting for rate-limit slots). :func:`deliver_one`
+claims one message under a short lease (two senders never post it at once), makes one attempt
+with :func:`worker.webhooks.send.send`, logs it in ``webhook_attempts`` and schedules the next
+one from :class:`~worker.policy.DeliveryPolicy`. :func:`sweep` hands out messages whose first
+send was lost (crash, broker flushed) or whose retry is due. Delivery is at-least-once with a
+stable ``webhook-id``; receivers deduplicate on it.
 """
 
 from __future__ import annotations
@@ -18,27 +19,26 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import requests
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import ColumnElement, event, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from models import DeliveryStatus, TrackedJob, WebhookAttempt, WebhookDelivery, utcnow
-from worker import metrics
+from models import DeliveryStatus, WebhookAttempt, WebhookDelivery, utcnow
 from worker.db import session_scope
 from worker.errors import NotFoundError
+from worker.flow.leases import claim
+from worker.ops import metrics
+from worker.policy import DeliveryPolicy
 from worker.settings import Settings
-from worker.webhooks.send import DeliveryPolicy, send
-from worker.webhooks.signing import build_payload, encode_body, new_message_id
+from worker.webhooks.send import send
+from worker.webhooks.signing import encode_body
 from worker.webhooks.transport import make_session
 
 log = logging.getLogger(__name__)
 
-#: The tracked job's fields a callback carries (DESIGN.md "Callbacks").
-PAYLOAD_FIELDS = (
-    "id", "kind", "region", "job_id", "status", "provider_status", "error", "result",
-    "result_expires_at", "metadata", "polls", "created_at", "updated_at", "finished_at",
-)  # fmt: skip
 #: How many due messages one sweep hands out.
 SWEEP_LIMIT = 500
+#: ``Session.info`` key of the messages waiting for their transaction to commit.
+_WAITING = "jobtracker_deliveries_waiting"
 
 _local = threading.local()
 
@@ -49,28 +49,6 @@ def _http() -> requests.Session:
     if session is None:
         session = _local.session = make_session()
     return session
-
-
-def delivery_row(job: TrackedJob, *, now: datetime) -> dict[str, Any]:
-    """The callback message for ``job``'s terminal status, as a ``webhook_deliveries`` row.
-
-    Written by :func:`worker.transition.transition_many` in the transition's transaction; its
-    ``id`` is the ``webhook-id``.
-    """
-    data = job.to_dict()
-    payload = build_payload(f"job.{job.status}", {k: data[k] for k in PAYLOAD_FIELDS}, now=now)
-    return {
-        "id": new_message_id(),
-        "tracked_job_id": job.id,
-        "event_type": payload["type"],
-        "url": job.callback_url,
-        "payload": payload,
-        "status": DeliveryStatus.PENDING.value,
-        "attempts": 0,
-        "next_attempt_at": now,
-        "created_at": now,
-        "updated_at": now,
-    }
 
 
 #: Threads that send callbacks, in each worker process. A slow receiver holds one of these for
@@ -122,10 +100,48 @@ def free_capacity() -> int:
         return max(0, DELIVERY_BACKLOG - _in_flight)
 
 
-def _lease_s(policy: DeliveryPolicy) -> float:
-    # An attempt ends within total_timeout_s (the sender enforces it), so a lease a little longer
-    # means a sender that died mid-POST delays the retry by at most this much.
-    return policy.total_timeout_s + 5.0
+def send_after_commit(
+    session: Session, delivery_ids: list[str], *, lease: datetime | None = None
+) -> None:
+    """Send these messages once ``session``'s transaction commits (nothing if it rolls back).
+
+    The one way a message reaches :func:`deliver_soon`: the transition that wrote it, and the
+    sweep that reserved it (``lease``), both go through here. If the process dies between the
+    commit and the send, the message is still in the table and a later sweep sends it.
+    """
+    if delivery_ids:
+        session.info.setdefault(_WAITING, []).append((list(delivery_ids), lease))
+
+
+@event.listens_for(Session, "after_commit")
+def _hand_over(session: Session) -> None:
+    waiting = session.info.pop(_WAITING, None)
+    settings = session.info.get("settings")
+    if not waiting or not isinstance(settings, Settings):
+        return
+    for ids, lease in waiting:
+        try:
+            deliver_soon(ids, settings, lease=lease)
+        except Exception:  # the transaction did commit; the sweep sends what was not handed over
+            log.exception("could not hand callbacks to the delivery threads")
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget(session: Session) -> None:
+    session.info.pop(_WAITING, None)
+
+
+def _due(now: datetime, *, reserved: datetime | None = None) -> list[ColumnElement[bool]]:
+    """Messages an attempt may be made of now: pending, due, and not held by another sender
+    (``reserved``: the lease the sweep took for this sender)."""
+    free = or_(WebhookDelivery.lease_expires_at.is_(None), WebhookDelivery.lease_expires_at <= now)
+    if reserved is not None:
+        free = or_(free, WebhookDelivery.lease_expires_at == reserved)
+    return [
+        WebhookDelivery.status == DeliveryStatus.PENDING.value,
+        WebhookDelivery.next_attempt_at <= now,
+        free,
+    ]
 
 
 def deliver_one(
@@ -141,25 +157,20 @@ def deliver_one(
     """
     policy = policy or DeliveryPolicy.from_settings(settings)
     now = utcnow()
-    lease = now + timedelta(seconds=_lease_s(policy))
-    free = or_(WebhookDelivery.lease_expires_at.is_(None), WebhookDelivery.lease_expires_at <= now)
-    if reserved is not None:
-        free = or_(free, WebhookDelivery.lease_expires_at == reserved)
+    lease = now + timedelta(seconds=policy.lease_s)
     with session_scope(settings) as session:
-        delivery = session.execute(
-            update(WebhookDelivery)
-            .where(
-                WebhookDelivery.id == delivery_id,
-                WebhookDelivery.status == DeliveryStatus.PENDING.value,
-                WebhookDelivery.next_attempt_at <= now,
-                free,
-            )
-            .values(lease_expires_at=lease)
-            .returning(WebhookDelivery),
-            execution_options={"synchronize_session": False},
-        ).scalar_one_or_none()
-    if delivery is None:
+        taken = claim(
+            session,
+            WebhookDelivery,
+            due=[WebhookDelivery.id == delivery_id, *_due(now, reserved=reserved)],
+            order_by=None,
+            limit=1,
+            values={"lease_expires_at": lease},
+            returning=[WebhookDelivery],
+        )
+    if not taken:
         return None
+    delivery: WebhookDelivery = taken[0][0]
     outcome = send(
         delivery.url,
         delivery.id,
@@ -224,21 +235,10 @@ def deliver_one(
 
 
 def due_deliveries(session: Session, now: datetime, limit: int = SWEEP_LIMIT) -> list[str]:
+    """Ids of the messages an attempt may be made of now, longest due first (read only)."""
+    query = select(WebhookDelivery.id).where(*_due(now))
     return list(
-        session.execute(
-            select(WebhookDelivery.id)
-            .where(
-                WebhookDelivery.status == DeliveryStatus.PENDING.value,
-                WebhookDelivery.next_attempt_at <= now,
-                or_(
-                    WebhookDelivery.lease_expires_at.is_(None),
-                    WebhookDelivery.lease_expires_at <= now,
-                ),
-            )
-            .order_by(WebhookDelivery.next_attempt_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        ).scalars()
+        session.execute(query.order_by(WebhookDelivery.next_attempt_at).limit(limit)).scalars()
     )
 
 
@@ -252,19 +252,20 @@ def sweep(settings: Settings) -> int:
     if not room:
         return 0
     now = utcnow()
-    lease = now + timedelta(seconds=_lease_s(DeliveryPolicy.from_settings(settings)) * 2)
+    # Twice an attempt's lease: the messages may wait for a delivery thread first.
+    lease = now + timedelta(seconds=DeliveryPolicy.from_settings(settings).lease_s * 2)
     with session_scope(settings) as session:
-        ids = due_deliveries(session, now, room)
-        if ids:
-            session.execute(
-                update(WebhookDelivery)
-                .where(WebhookDelivery.id.in_(ids))
-                .values(lease_expires_at=lease),
-                execution_options={"synchronize_session": False},
-            )
-    if ids:
-        deliver_soon(ids, settings, lease=lease)
-    return len(ids)
+        taken = claim(
+            session,
+            WebhookDelivery,
+            due=_due(now),
+            order_by=WebhookDelivery.next_attempt_at,
+            limit=room,
+            values={"lease_expires_at": lease},
+            returning=[WebhookDelivery.id],
+        )
+        send_after_commit(session, [row.id for row in taken], lease=lease)
+    return len(taken)
 
 
 def redeliver(settings: Settings, delivery_id: str) -> WebhookDelivery:

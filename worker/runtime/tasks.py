@@ -1,13 +1,19 @@
-"""Celery tasks. Names are public (``jobtracker.*``); bodies delegate to the flow modules."""
+"""Celery tasks. Names are public (``jobtracker.*``); each body hands over to a stage of
+:mod:`worker.flow`, and this module is the only place those stages meet Celery."""
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
-from worker.app import app
-from worker.enqueue import track as _track
 from worker.errors import EnqueueError
+from worker.flow import deliver
+from worker.flow import poll as poll_stage
+from worker.flow import tick as tick_stage
+from worker.flow.enqueue import track as _track
+from worker.runtime.app import app
+from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +39,26 @@ def track(
 
 @app.task(name="jobtracker.tick", acks_late=False, ignore_result=True)
 def tick() -> int:
-    """Claim due jobs and send poll batches (Celery beat runs this every tick_seconds)."""
-    from worker.settings import get_settings
-    from worker.tick import tick as run_tick
-
-    return run_tick(get_settings())
+    """Claim due jobs and send one ``jobtracker.poll`` per batch (beat runs this every tick)."""
+    sent = 0
+    for batch in tick_stage.tick(get_settings()):
+        # If sending fails (broker down), the leases run out and a later tick re-claims.
+        poll.apply_async(
+            kwargs={
+                "kind": batch.kind,
+                "region": batch.region,
+                "claims": [[c.id, c.lease.isoformat()] for c in batch.claims],
+            }
+        )
+        sent += len(batch.claims)
+    return sent
 
 
 @app.task(name="jobtracker.poll", ignore_result=True)
 def poll(kind: str, region: str, claims: list[list[Any]]) -> dict[str, int]:
     """Poll a batch of claimed jobs: ``claims`` is ``[[tracked_job_id, lease_iso], ...]``."""
-    from datetime import datetime
-
-    from worker.poll import poll_batch
-    from worker.settings import get_settings
-
     parsed = [(int(job_id), datetime.fromisoformat(lease)) for job_id, lease in claims]
-    report = poll_batch(kind, region, parsed, get_settings())
+    report = poll_stage.poll_batch(kind, region, parsed, get_settings())
     return {
         "polled": report.polled,
         "transitions": report.transitions,
@@ -62,7 +71,4 @@ def poll(kind: str, region: str, claims: list[list[Any]]) -> dict[str, int]:
 @app.task(name="jobtracker.sweep_deliveries", acks_late=False, ignore_result=True)
 def sweep_deliveries() -> int:
     """Send every due callback message whose first send was lost or whose retry is due."""
-    from worker.outbox import sweep
-    from worker.settings import get_settings
-
-    return sweep(get_settings())
+    return deliver.sweep(get_settings())

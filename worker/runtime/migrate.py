@@ -9,11 +9,14 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
-from worker.db import normalize_url
+from worker.db import get_engine, normalize_url
+from worker.errors import ConfigError
 from worker.settings import Settings, get_settings
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 
 def alembic_config(settings: Settings | None = None, database_url: str | None = None) -> Config:
@@ -34,10 +37,6 @@ def downgrade(revision: str, settings: Settings | None = None) -> None:
 
 
 def current_revision(settings: Settings | None = None) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
-    from worker.db import get_engine
-
     with get_engine(settings).connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
@@ -56,8 +55,6 @@ def _file_lock(database: str | None) -> Iterator[None]:
 
 
 def head_revision() -> str | None:
-    from alembic.script import ScriptDirectory
-
     return ScriptDirectory.from_config(alembic_config(database_url="sqlite://")).get_current_head()
 
 
@@ -68,9 +65,6 @@ def ensure_schema(settings: Settings | None = None) -> None:
     database must be upgraded by an operator (``jobtracker db upgrade``), so a deploy never
     migrates a shared database by accident.
     """
-    from worker.db import get_engine
-    from worker.errors import ConfigError
-
     settings = settings or get_settings()
     current, head = current_revision(settings), head_revision()
     if current == head:

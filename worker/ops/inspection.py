@@ -1,7 +1,7 @@
 """What operators ask the database: the queries behind ``jobtracker jobs/show/deliveries/stats``.
 
 Every function takes a session and returns rows or plain dicts (JSON-ready); rendering them as
-text is :mod:`worker.tables`' job. Queries read only indexed columns where the table can be
+text is :mod:`worker.ops.tables`' job. Queries read only indexed columns where the table can be
 large (``created_at``, ``status``, ``tracked_job_id``), and each returns a bounded result.
 """
 
@@ -310,7 +310,7 @@ def stats(session: Session, *, now: datetime) -> dict[str, Any]:
 
 
 def provider_dict(state: ProviderState, *, now: datetime) -> dict[str, Any]:
-    throttled = state.throttled_until is not None and state.throttled_until > now
+    throttled = state.is_throttled(now)
     return {
         "kind": state.kind,
         "paused": bool(state.paused),

@@ -8,6 +8,9 @@ from typing import Any
 from celery import Celery
 from celery.signals import beat_init, worker_init
 
+from worker.ops.logs import configure_logging
+from worker.ops.metrics import start_metrics_server
+from worker.runtime.migrate import ensure_schema
 from worker.settings import Settings, get_settings
 
 QUEUE = "jobtracker"
@@ -50,7 +53,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
     }
     if settings.embedded_broker:
-        config["broker_transport"] = "worker.embedded_broker:Transport"
+        config["broker_transport"] = "worker.runtime.embedded_broker:Transport"
         folder = settings.broker_dir
         for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
@@ -68,7 +71,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
-app = Celery("jobtracker", include=["worker.tasks"])
+app = Celery("jobtracker", include=["worker.runtime.tasks"])
 app.add_defaults(lambda: celery_config(get_settings()))
 
 
@@ -76,10 +79,6 @@ app.add_defaults(lambda: celery_config(get_settings()))
 def _check_worker_start(**_: Any) -> None:
     """A worker refuses to start on an un-migrated shared database (clear message, no crash loop
     of half-working tasks); the embedded SQLite default is migrated on the spot."""
-    from worker.logs import configure_logging
-    from worker.metrics import start_metrics_server
-    from worker.migrate import ensure_schema
-
     settings = get_settings()
     configure_logging(settings)
     ensure_schema(settings)
@@ -90,6 +89,4 @@ def _check_worker_start(**_: Any) -> None:
 
 @beat_init.connect
 def _configure_beat(**_: Any) -> None:
-    from worker.logs import configure_logging
-
     configure_logging(get_settings())

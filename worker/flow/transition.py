@@ -3,7 +3,9 @@
 :func:`transition_many` moves jobs with a compare-and-set UPDATE each (``WHERE id = :id AND
 status = :from``), then writes their ``job_transitions`` rows and, for terminal statuses with a
 callback URL, their ``webhook_deliveries`` rows (the outbox), all in the caller's transaction:
-either all of it commits or none of it does.
+either all of it commits or none of it does. It also logs each move (the one "job X -> Y" line)
+and hands the new callback messages to delivery once the transaction commits. :func:`expiry` is
+the one place an ``expired`` move is built, whoever gives up on the job.
 
 The statements are built once with bound parameters (building an UPDATE of twenty columns per
 poll cost more CPU than the database round trip), and the history and outbox rows of a batch go
@@ -23,6 +25,8 @@ from sqlalchemy.orm import Session
 
 from models import JobStatus, JobTransition, TrackedJob, WebhookDelivery, can_transition
 from worker.errors import InvalidTransition
+from worker.flow.deliver import send_after_commit
+from worker.flow.outbox import delivery_row
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,19 @@ _RECORD = insert(_table(JobTransition))
 _OUTBOX = insert(_table(WebhookDelivery))
 
 
+#: The ``error_code`` of a job jobtracker gave up on (DESIGN.md: ``expired``).
+DEADLINE_CODE = "Tracker.DeadlineExceeded"
+
+
+def expiry(deadline: datetime, why: str = "deadline passed") -> tuple[str, dict[str, Any]]:
+    """The ``reason`` and column values of a move to ``expired`` at ``deadline``."""
+    return why, {
+        "deadline_at": deadline,
+        "error_code": DEADLINE_CODE,
+        "error_message": f"no terminal answer by the deadline {deadline.isoformat()}; {why}",
+    }
+
+
 @dataclass(frozen=True)
 class Move:
     """One requested status change of a job this worker holds (``job`` as it was loaded)."""
@@ -107,8 +124,6 @@ def transition_many(
     Each result carries a copy of its job as the UPDATE left it. Raises
     :class:`InvalidTransition` if the table of allowed transitions forbids a move.
     """
-    from worker.outbox import delivery_row
-
     conn = session.connection()
     applied: list[TransitionResult] = []
     conflicts: list[Move] = []
@@ -149,8 +164,25 @@ def transition_many(
             outbox.append(row)
             delivery_id = row["id"]
         applied.append(TransitionResult(job=job, from_status=from_status, delivery_id=delivery_id))
+        _log_move(job, from_status, move.reason)
     if history:
         conn.execute(_RECORD, history)
     if outbox:
         conn.execute(_OUTBOX, outbox)
+        send_after_commit(session, [row["id"] for row in outbox])
     return applied, conflicts
+
+
+def _log_move(job: TrackedJob, from_status: JobStatus, reason: str | None) -> None:
+    log.info(
+        "job %s -> %s%s",
+        from_status.value,
+        job.status,
+        f" ({reason})" if reason else "",
+        extra={
+            "kind": job.kind,
+            "job_id": job.job_id,
+            "tracked_job_id": job.id,
+            "status": job.status,
+        },
+    )

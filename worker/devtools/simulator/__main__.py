@@ -1,4 +1,4 @@
-"""``python -m worker.simulator``: run the fake API until SIGTERM or SIGINT."""
+"""``python -m worker.devtools.simulator``: run the fake API until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import sys
 import threading
 from types import FrameType
 
-from worker.simulator.server import DEFAULT_SECRET_ID, DEFAULT_SECRET_KEY, Simulator
+from worker.devtools.simulator.server import DEFAULT_SECRET_ID, DEFAULT_SECRET_KEY, Simulator
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m worker.simulator",
+        prog="python -m worker.devtools.simulator",
         description="A fake Tencent Cloud job-query API (every kind of the provider table).",
     )
     parser.add_argument("--host", default="127.0.0.1")

@@ -15,8 +15,8 @@ from celery.apps import worker as celery_worker_module
 from celery.beat import EmbeddedService
 from celery.signals import worker_shutting_down
 
-from worker.app import app
-from worker.metrics import start_metrics_server
+from worker.ops.metrics import start_metrics_server
+from worker.runtime.app import app
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Plain-text rendering for the CLI: aligned tables, ages, and the ``show`` / ``stats`` pages.
 
-Input is the JSON-ready dicts of :mod:`worker.inspection`, so the text and ``--json`` outputs
+Input is the JSON-ready dicts of :mod:`worker.ops.inspection`, so the text and ``--json`` outputs
 always say the same thing.
 """
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.jobs import JobStatus
+from worker.devtools.simulator.lifecycle import Step
 from worker.errors import JobCanceled, JobFailed, JobNotFound, ProviderError
 from worker.providers.table import COMMON_ERROR_CODES, ProviderSpec
-from worker.simulator.lifecycle import Step
 
 JSON_CONTENT_TYPE = "application/json"
 HTML_502 = (

@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from worker.devtools.simulator import signing
+from worker.devtools.simulator.lifecycle import Lifecycles, Step
+from worker.devtools.simulator.render import JSON_CONTENT_TYPE, Reply, error_body, render
 from worker.providers.table import PROVIDERS, ProviderSpec
-from worker.simulator import signing
-from worker.simulator.lifecycle import Lifecycles, Step
-from worker.simulator.render import JSON_CONTENT_TYPE, Reply, error_body, render
 
 logger = logging.getLogger(__name__)
 

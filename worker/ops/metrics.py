@@ -3,8 +3,8 @@
 Two sources:
 
 * **events** counted in this process as they happen (polls, provider errors, deliveries, ticks):
-  counters and histograms updated by one-line calls in :mod:`worker.poll`, :mod:`worker.tick`
-  and :mod:`worker.outbox`;
+  counters and histograms updated by one-line calls in :mod:`worker.flow.poll`,
+  :mod:`worker.flow.tick` and :mod:`worker.flow.deliver`;
 * **state** read from the database at scrape time by :class:`DatabaseCollector` (jobs by kind
   and status, the oldest active job, paused and throttled providers, pending callbacks). The
   database is the source of truth shared by every worker, so these gauges are the same whichever
@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -38,12 +37,12 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from models import DeliveryStatus, JobStatus, WebhookDelivery, utcnow
-from worker.errors import ErrorClass, ThrottledError
+from worker.db import session_scope
+from worker.errors import ErrorClass, ProviderError, ThrottledError
+from worker.ops.inspection import job_counts
+from worker.providers.state import load_states
 from worker.providers.table import PROVIDERS
-
-if TYPE_CHECKING:
-    from worker.errors import ProviderError
-    from worker.settings import Settings
+from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +145,6 @@ class DatabaseCollector(Collector):
         )
 
     def collect(self) -> Iterator[Metric]:
-        from worker.db import session_scope
-        from worker.inspection import job_counts
-        from worker.provider_state import load_states
-
         jobs, oldest, paused, throttled, pending, up = self._families()
         now = utcnow()
         try:
@@ -177,11 +172,7 @@ class DatabaseCollector(Collector):
                     oldest.add_metric([kind, status.value], age_s)
             state = states.get(kind)
             paused.add_metric([kind], 1 if state is not None and state.paused else 0)
-            is_throttled = (
-                state is not None
-                and state.throttled_until is not None
-                and state.throttled_until > now
-            )
+            is_throttled = state is not None and state.is_throttled(now)
             throttled.add_metric([kind], 1 if is_throttled else 0)
         pending.add_metric([], int(pending_n))
         up.add_metric([], 1)

@@ -1,0 +1,5 @@
+"""``python -m worker``: the ``jobtracker`` command line."""
+
+from worker.ops.cli import main
+
+main()

@@ -1,0 +1,171 @@
+"""The tick: claim due jobs and cut them into poll batches.
+
+A claim moves the row's ``next_poll_at`` to the end of its lease, so claimed rows drop out of the
+due index by themselves, and a row whose worker died becomes due again when the lease ends: no
+separate reaper, and nothing depends on the broker keeping a message. Claims go through
+:func:`worker.flow.leases.claim`, so two beats ticking at once claim disjoint rows.
+
+The tick also gives up on overdue jobs of a provider that cannot be asked (paused, throttled);
+a reachable provider's overdue jobs get one last poll instead (:mod:`worker.flow.outcome`).
+Sending the batches to the workers is the Celery task's business (:mod:`worker.runtime.tasks`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from models import JobStatus, TrackedJob, utcnow
+from models.jobs import ACTIVE_PREDICATE
+from worker.db import session_scope
+from worker.flow.leases import claim
+from worker.flow.transition import Move, expiry, transition_many
+from worker.ops import metrics
+from worker.providers.state import load_states, take_probe
+from worker.providers.table import PROVIDERS
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: The most rows one tick claims for one kind, whatever the rate limit.
+MAX_CLAIM_PER_KIND = 5000
+#: The most overdue jobs of an unreachable provider one tick expires.
+MAX_EXPIRE_PER_KIND = 500
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job reserved for one poll until ``lease`` (also the token proving the reservation)."""
+
+    id: int
+    region: str
+    lease: datetime
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Claimed jobs of one kind and region, polled together by one ``jobtracker.poll`` task."""
+
+    kind: str
+    region: str
+    claims: list[Claim]
+
+
+def claim_limit(settings: Settings, kind: str) -> int:
+    """What the rate limit lets one kind poll before the next tick.
+
+    No more: jobs claimed beyond that would hold worker threads asleep waiting for rate-limit
+    slots, starving the other kinds' polls.
+    """
+    per_tick = settings.qps[kind] * settings.tick_seconds
+    return max(1, min(MAX_CLAIM_PER_KIND, math.ceil(per_tick)))
+
+
+def claim_due(
+    session: Session, kind: str, limit: int, *, now: datetime, lease_s: float
+) -> list[Claim]:
+    """Reserve up to ``limit`` due, non-terminal jobs of ``kind``, oldest due first.
+
+    The status test is literal SQL (``ACTIVE_PREDICATE``), the same text as the partial index's
+    predicate, because SQLite only uses a partial index when the query repeats its predicate,
+    and a bound-parameter IN list does not.
+    """
+    lease = now + timedelta(seconds=lease_s)
+    rows = claim(
+        session,
+        TrackedJob,
+        due=[ACTIVE_PREDICATE, TrackedJob.next_poll_at <= now, TrackedJob.kind == kind],
+        order_by=TrackedJob.next_poll_at,
+        limit=limit,
+        values={"next_poll_at": lease, "lease_expires_at": lease},
+        returning=[TrackedJob.id, TrackedJob.region],
+    )
+    return [Claim(id=row.id, region=row.region, lease=lease) for row in rows]
+
+
+def claim_all(settings: Settings, now: datetime | None = None) -> dict[str, list[Claim]]:
+    """One tick's claims per kind, committed; throttled kinds are skipped, paused ones probed."""
+    now = now or utcnow()
+    claims: dict[str, list[Claim]] = {}
+    with session_scope(settings) as session:
+        states = load_states(session)
+        for kind in PROVIDERS:
+            state = states.get(kind)
+            limit = claim_limit(settings, kind)
+            if state is not None:
+                if state.is_throttled(now):
+                    continue
+                if state.paused:
+                    if not take_probe(session, kind, now):
+                        continue
+                    limit = 1
+            claimed = claim_due(session, kind, limit, now=now, lease_s=settings.lease_s)
+            if claimed:
+                claims[kind] = claimed
+    return claims
+
+
+def expire_unreachable(settings: Settings, now: datetime | None = None) -> int:
+    """Expire overdue jobs of providers that cannot be asked now (paused or throttled).
+
+    Returns how many jobs were expired; their callbacks go out once this commits.
+    """
+    now = now or utcnow()
+    expired = 0
+    with session_scope(settings) as session:
+        for kind, state in load_states(session).items():
+            if kind not in PROVIDERS or not (state.paused or state.is_throttled(now)):
+                continue
+            overdue = session.execute(
+                select(TrackedJob)
+                .where(
+                    ACTIVE_PREDICATE,
+                    TrackedJob.kind == kind,
+                    TrackedJob.deadline_at <= now,
+                    # Not while a worker holds it: its poll decides.
+                    or_(TrackedJob.lease_expires_at.is_(None), TrackedJob.lease_expires_at <= now),
+                )
+                .order_by(TrackedJob.deadline_at)
+                .limit(MAX_EXPIRE_PER_KIND)
+                .with_for_update(skip_locked=True)
+            ).scalars()
+            why = "deadline passed while the provider was " + (
+                "paused" if state.paused else "throttled"
+            )
+            moves = []
+            for job in overdue:
+                assert job.deadline_at is not None  # selected on it
+                reason, values = expiry(job.deadline_at, why)
+                moves.append(Move(job, JobStatus.EXPIRED, reason=reason, values=values))
+            applied, _ = transition_many(session, moves, now=now)
+            expired += len(applied)
+    return expired
+
+
+def batches(kind: str, claims: list[Claim], size: int) -> list[Batch]:
+    """Claims grouped by region (one provider client each), cut into batches of ``size``."""
+    by_region: dict[str, list[Claim]] = defaultdict(list)
+    for one in claims:
+        by_region[one.region].append(one)
+    return [
+        Batch(kind, region, group[start : start + size])
+        for region, group in by_region.items()
+        for start in range(0, len(group), size)
+    ]
+
+
+@metrics.TICK_SECONDS.time()
+def tick(settings: Settings, now: datetime | None = None) -> list[Batch]:
+    """Expire what cannot be asked, claim due jobs; return the poll batches to send."""
+    expire_unreachable(settings, now)
+    work: list[Batch] = []
+    for kind, claimed in claim_all(settings, now).items():
+        log.info("claimed due jobs", extra={"kind": kind, "claimed": len(claimed)})
+        work += batches(kind, claimed, settings.batch_size)
+    return work
