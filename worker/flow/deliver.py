@@ -27,6 +27,7 @@ from worker.db import session_scope
 from worker.errors import NotFoundError
 from worker.flow.leases import claim
 from worker.ops import metrics
+from worker.ops.logs import log_context
 from worker.policy import DeliveryPolicy
 from worker.settings import Settings
 from worker.webhooks.send import send
@@ -171,6 +172,18 @@ def deliver_one(
     if not taken:
         return None
     delivery: WebhookDelivery = taken[0][0]
+    with log_context(delivery_id=delivery.id, tracked_job_id=delivery.tracked_job_id):
+        return _attempt(delivery, lease, now, settings, policy)
+
+
+def _attempt(
+    delivery: WebhookDelivery,
+    lease: datetime,
+    now: datetime,
+    settings: Settings,
+    policy: DeliveryPolicy,
+) -> str:
+    """One attempt of a message this sender holds until ``lease``; record it, plan the next."""
     outcome = send(
         delivery.url,
         delivery.id,
@@ -189,8 +202,6 @@ def deliver_one(
         "updated_at": done,
     }
     context = {
-        "delivery_id": delivery.id,
-        "tracked_job_id": delivery.tracked_job_id,
         "attempt": attempts,
         "status_code": outcome.status_code,
         "latency_ms": outcome.latency_ms,

@@ -24,6 +24,7 @@ from worker.db import session_scope
 from worker.errors import ErrorClass, ProviderError, ThrottledError
 from worker.flow.outcome import BatchReport, Outcome, decide, expire_if_overdue, write_outcomes
 from worker.ops import metrics
+from worker.ops.logs import log_context
 from worker.policy import PollPolicy
 from worker.providers import state as provider_state
 from worker.providers.client import ProviderClient, get_client
@@ -64,6 +65,13 @@ def poll_batch(
     rand: Any = random.random,
 ) -> BatchReport:
     """Poll every claimed job still owned, then write all outcomes in one transaction."""
+    with log_context(kind=kind, region=region):
+        return _poll_batch(kind, region, claims, settings, rand)
+
+
+def _poll_batch(
+    kind: str, region: str, claims: list[tuple[int, datetime]], settings: Settings, rand: Any
+) -> BatchReport:
     report = BatchReport()
     policy = PollPolicy.from_settings(settings)
     with session_scope(settings) as session:
@@ -94,7 +102,7 @@ def poll_batch(
                     slot_times(limiter, kind, settings.qps[kind], len(owned) - index, max_wait)
                 )
             except Exception as exc:  # the shared limiter (Redis) is down: do not poll blind
-                log.warning("rate limiter unavailable: %s", exc, extra={"kind": kind})
+                log.warning("rate limiter unavailable: %s", exc)
                 stop_until = now + timedelta(seconds=RELEASE_DELAY_S * (1 + rand()))
         if not slots:
             outcome.next_poll_at = stop_until or now + timedelta(
@@ -104,29 +112,9 @@ def poll_batch(
             continue
         time.sleep(max(0.0, slots.popleft() - time.monotonic()))
         outcome.polled = True
-        try:
-            # Inside the try: a missing credential is a configuration error like AuthFailure.
-            client = client or get_client(kind, region, settings)
-            with metrics.POLL_SECONDS.labels(kind).time():
-                outcome.answer = client.query(job.job_id)
-            provider_ok = True
-        except ProviderError as error:
-            outcome.error = error
-            age_s = (utcnow() - job.created_at).total_seconds()
-            outcome.error_class = effective_error_class(
-                error, job_age_s=age_s, grace_s=settings.not_found_grace_s
-            )
-            if isinstance(error, ThrottledError):
-                with session_scope(settings) as session:
-                    stop_until = provider_state.throttle(session, kind, utcnow())
-                outcome.next_poll_at = stop_until
-            elif outcome.error_class is ErrorClass.CONFIGURATION:
-                with session_scope(settings) as session:
-                    stop_until = provider_state.pause(session, kind, str(error), utcnow())
-                outcome.next_poll_at = stop_until
-            else:
-                provider_ok = provider_ok or outcome.error_class is ErrorClass.JOB_TERMINAL
-            _log_error(kind, job, error, outcome.error_class)
+        with log_context(job_id=job.job_id, tracked_job_id=job.id):
+            client, stop_until, ok = _ask(kind, region, client, outcome, settings)
+        provider_ok = provider_ok or ok
         decide(outcome, settings, policy, utcnow())
         metrics.record_poll(kind, outcome.error, outcome.error_class)
 
@@ -134,17 +122,54 @@ def poll_batch(
     return report
 
 
-def _log_error(kind: str, job: TrackedJob, error: ProviderError, cls: ErrorClass | None) -> None:
-    context = {
-        "kind": kind,
-        "job_id": job.job_id,
-        "tracked_job_id": job.id,
-        "code": error.code,
-        "error_class": str(cls),
-        "request_id": error.request_id,
-    }
-    # Configuration errors are logged loudly once, by provider_state.pause.
-    log.info("poll failed: %s", error.message, extra=context)
+def _ask(
+    kind: str,
+    region: str,
+    client: ProviderClient | None,
+    outcome: Outcome,
+    settings: Settings,
+) -> tuple[ProviderClient | None, datetime | None, bool]:
+    """Query the provider for one job; fill in the outcome's answer or error.
+
+    Returns the client (built on first use), until when the whole provider must rest (throttled,
+    paused) and whether the provider answered sensibly.
+    """
+    job = outcome.job
+    stop_until: datetime | None = None
+    provider_ok = False
+    try:
+        # Inside the try: a missing credential is a configuration error like AuthFailure.
+        client = client or get_client(kind, region, settings)
+        with metrics.POLL_SECONDS.labels(kind).time():
+            outcome.answer = client.query(job.job_id)
+        provider_ok = True
+    except ProviderError as error:
+        outcome.error = error
+        age_s = (utcnow() - job.created_at).total_seconds()
+        outcome.error_class = effective_error_class(
+            error, job_age_s=age_s, grace_s=settings.not_found_grace_s
+        )
+        if isinstance(error, ThrottledError):
+            with session_scope(settings) as session:
+                stop_until = provider_state.throttle(session, kind, utcnow())
+            outcome.next_poll_at = stop_until
+        elif outcome.error_class is ErrorClass.CONFIGURATION:
+            with session_scope(settings) as session:
+                stop_until = provider_state.pause(session, kind, str(error), utcnow())
+            outcome.next_poll_at = stop_until
+        else:
+            provider_ok = outcome.error_class is ErrorClass.JOB_TERMINAL
+        # Configuration errors are logged loudly once, by provider_state.pause.
+        log.info(
+            "poll failed: %s",
+            error.message,
+            extra={
+                "code": error.code,
+                "error_class": str(outcome.error_class),
+                "request_id": error.request_id,
+            },
+        )
+    return client, stop_until, provider_ok
 
 
 def _finish(

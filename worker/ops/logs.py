@@ -1,22 +1,52 @@
 """Logging setup: one line per event, with job context, as text or JSON lines.
 
-Context goes in ``extra={...}`` (``kind``, ``job_id``, ``tracked_job_id``, ``status``...),
-which both formats print. Nothing here ever sees a secret: callers pass identifiers, not
-credentials.
+Context is named fields (``kind``, ``job_id``, ``tracked_job_id``, ``status``...), which both
+formats print. A stage binds the context it works in once with :func:`log_context` (a context
+variable, so each worker thread has its own) and every line logged inside the block carries it,
+including lines logged deeper down (the provider client, the rate limiter); ``extra={...}`` adds
+what is particular to one line. JSON lines are python-json-logger's; its encoder handles what
+``json`` cannot (``str()`` of the value). Nothing here ever sees a secret: callers pass
+identifiers, not credentials.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter as _LibraryJsonFormatter
+
 from worker.settings import Settings
 
-#: Attributes every LogRecord has; anything else came from ``extra=``.
-_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+_CONTEXT: ContextVar[dict[str, Any]] = ContextVar("jobtracker_log_context")
+#: Attributes every LogRecord has; anything else came from ``extra=`` or :func:`log_context`.
+_STANDARD = set(RESERVED_ATTRS) | {"message", "asctime", "taskName"}
+
+
+@contextmanager
+def log_context(**fields: Any) -> Iterator[None]:
+    """Add ``fields`` to every log line written inside the block (in this thread)."""
+    token = _CONTEXT.set({**_CONTEXT.get({}), **fields})
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Copies the bound :func:`log_context` fields onto each record (``extra=`` wins)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in _CONTEXT.get({}).items():
+            if key not in record.__dict__:
+                setattr(record, key, value)
+        return True
 
 
 def _context(record: logging.LogRecord) -> dict[str, Any]:
@@ -34,18 +64,27 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        entry.update(_context(record))
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+class JsonFormatter(_LibraryJsonFormatter):
+    """``{"ts", "level", "logger", "message", **context}``, plus ``exc`` with a traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(message)s",
+            rename_fields={"exc_info": "exc"},
+            reserved_attrs=sorted(_STANDARD),
+            json_default=str,
+            json_ensure_ascii=False,
+        )
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        log_data["ts"] = datetime.fromtimestamp(record.created, UTC).isoformat(
+            timespec="milliseconds"
+        )
+        log_data["level"] = record.levelname
+        log_data["logger"] = record.name
+        super().add_fields(log_data, record, message_dict)
 
 
 def _stderr() -> TextIO:
@@ -65,6 +104,7 @@ def _stderr() -> TextIO:
 def configure_logging(settings: Settings, level: str | None = None) -> None:
     """Send every log record (ours, Celery's, warnings) to stderr in the configured format."""
     handler = logging.StreamHandler(_stderr())
+    handler.addFilter(ContextFilter())
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:

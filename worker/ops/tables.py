@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from tabulate import tabulate
+
 from models import JobStatus
 
 #: Cells longer than this are cut (with an ellipsis) in tables; ``show`` prints them whole.
@@ -67,22 +69,24 @@ def _is_number(value: Any) -> bool:
 def table(
     headers: Sequence[str], rows: Sequence[Sequence[Any]], *, max_cell: int = MAX_CELL
 ) -> str:
-    """An aligned table; numeric columns are right-aligned, long cells cut at ``max_cell``."""
-    cells = [[_cut(c, max_cell) for c in row] for row in rows]
-    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    """An aligned table; numeric columns are right-aligned, long cells cut at ``max_cell``.
+
+    tabulate measures each cell's display width (wcwidth), so provider messages in Chinese and
+    other wide characters stay aligned. Its own number parsing is off: a JobId or a raw status
+    of digits is text, and only columns of real numbers are right-aligned.
+    """
     numeric = [
         any(_is_number(r[i]) for r in rows) and all(_is_number(r[i]) or r[i] is None for r in rows)
         for i in range(len(headers))
     ]
-
-    def line(values: Sequence[str]) -> str:
-        parts = [
-            v.rjust(w) if num else v.ljust(w)
-            for v, w, num in zip(values, widths, numeric, strict=True)
-        ]
-        return "  ".join(parts).rstrip()
-
-    return "\n".join([line(list(headers)), *(line(r) for r in cells)])
+    text = tabulate(
+        [[_cut(cell, max_cell) for cell in row] for row in rows],
+        headers=list(headers),
+        tablefmt="plain",
+        disable_numparse=True,
+        colalign=["right" if num else "left" for num in numeric],
+    )
+    return "\n".join(line.rstrip() for line in text.splitlines())
 
 
 def _error_text(job: Mapping[str, Any]) -> str | None:

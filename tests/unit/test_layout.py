@@ -1,0 +1,138 @@
+"""The shape of the package: no import cycle, imports at the top (or a comment saying why not),
+every product module importable on its own, and no product code leaning on the test equipment
+in ``worker/devtools`` (except ``jobtracker demo``, which runs it)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("worker", "models")
+DEVTOOLS = "worker.devtools"
+#: The product modules allowed to import worker.devtools: the ``jobtracker demo`` command.
+DEVTOOLS_ENTRY_POINTS = frozenset({"worker.ops.cli.run"})
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {
+        _module_name(path): path
+        for package in PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if "__pycache__" not in path.parts
+    }
+
+
+MODULES = _modules()
+PRODUCT = {name: path for name, path in MODULES.items() if not name.startswith(DEVTOOLS)}
+
+
+def _imported(node: ast.Import | ast.ImportFrom, module: str) -> list[str]:
+    """The project modules an import statement names: ``from a import b`` names ``a.b`` when
+    that is a module, else ``a``. (Python also runs the parents' ``__init__`` first; a package
+    re-exporting its submodules is not a cycle of the code, so those implicit edges are left out.)
+    """
+    if isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+    else:
+        base = node.module or ""
+        if node.level:  # relative: resolve against the importing module's package
+            package = module.rsplit(".", node.level)[0]
+            base = f"{package}.{base}" if base else package
+        names = [
+            f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base
+            for alias in node.names
+        ]
+    return [name for name in names if name in MODULES]
+
+
+def _imports(name: str, path: Path) -> tuple[set[str], list[tuple[int, str, bool]]]:
+    """Module-level project imports, and every nested import as (line, module, commented)."""
+    source = path.read_text()
+    lines = source.splitlines()
+    tree = ast.parse(source)
+    top: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            top.update(_imported(node, name))
+    nested: list[tuple[int, str, bool]] = []
+    for func in ast.walk(tree):
+        if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(func):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                above = lines[node.lineno - 2].strip() if node.lineno > 1 else ""
+                commented = above.startswith("#") or "#" in lines[node.lineno - 1]
+                target = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
+                nested.append((node.lineno, target or "", commented))
+    return top, nested
+
+
+def test_there_is_no_import_cycle() -> None:
+    """Imports inside functions count too: hiding an edge in a function does not cut a cycle."""
+    graph: dict[str, set[str]] = {}
+    for name, path in MODULES.items():
+        top, nested = _imports(name, path)
+        graph[name] = (top | {target for _, target, _ in nested if target in MODULES}) - {name}
+    try:
+        tuple(TopologicalSorter(graph).static_order())
+    except CycleError as exc:
+        pytest.fail(f"import cycle: {' -> '.join(exc.args[1])}")
+
+
+def test_imports_inside_functions_say_why() -> None:
+    silent = [
+        f"{path.relative_to(ROOT)}:{line}: import {target}"
+        for name, path in MODULES.items()
+        for line, target, commented in _imports(name, path)[1]
+        if not commented
+    ]
+    assert not silent, "imports inside functions need a comment saying why:\n" + "\n".join(silent)
+
+
+def test_product_code_does_not_import_the_devtools() -> None:
+    offenders = []
+    for name, path in PRODUCT.items():
+        top, nested = _imports(name, path)
+        loaded = top | {target for _, target, _ in nested}
+        if any(m == DEVTOOLS or m.startswith(DEVTOOLS + ".") for m in loaded):
+            offenders.append(name)
+    assert set(offenders) <= DEVTOOLS_ENTRY_POINTS, offenders
+    # ... and the entry point loads them only when the command runs.
+    for name in DEVTOOLS_ENTRY_POINTS:
+        top, _ = _imports(name, PRODUCT[name])
+        assert not any(m.startswith(DEVTOOLS) for m in top), name
+
+
+def _import_alone(module: str) -> tuple[str, int, str]:
+    done = subprocess.run(
+        [sys.executable, "-c", f"import {module}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return module, done.returncode, done.stderr[-2000:]
+
+
+def test_every_product_module_imports_on_its_own() -> None:
+    """A fresh interpreter per module: an import that only works after some other module was
+    imported first (the sign of a hidden cycle) fails here."""
+    names = sorted(n for n in PRODUCT if not n.endswith("__main__"))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(_import_alone, names))
+    failed = [f"{module}:\n{err}" for module, code, err in results if code != 0]
+    assert not failed, "\n\n".join(failed)
