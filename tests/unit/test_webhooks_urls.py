@@ -77,6 +77,12 @@ def test_valid_callback_urls(url: str) -> None:
         ("http://100.100.100.200/", "metadata"),
         ("http://[fd00:ec2::254]/", "metadata"),
         ("http://[::ffff:169.254.169.254]/", "link-local"),
+        # The same metadata address in the other IPv6 forms that carry an IPv4 address.
+        ("http://[::a9fe:a9fe]/", "link-local"),  # IPv4-compatible
+        ("http://[64:ff9b::a9fe:a9fe]/", "link-local"),  # NAT64
+        ("http://[2002:a9fe:a9fe::1]/", "link-local"),  # 6to4
+        ("http://[2001:0:4136:e378:8000:63bf:5601:5601]/", "link-local"),  # Teredo client
+        ("http://[2002:6464:64c8::]/", "metadata"),  # 6to4 of 100.100.100.200
         ("http://0.0.0.0:8000/", "unspecified"),
         ("http://[::]/", "unspecified"),
         ("http://224.0.0.1/", "multicast"),

@@ -33,6 +33,8 @@ METADATA_ADDRESSES = frozenset(
 )
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+#: ``::a.b.c.d`` (not ``::`` or ``::1``, which are checked as themselves).
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
 class CallbackResolutionError(JobTrackerError):
@@ -130,11 +132,10 @@ def _parse_address(text: str) -> IPAddress:
 def _refusal(address: IPAddress, *, block_private: bool) -> str | None:
     """Why ``address`` is refused, or None."""
     if isinstance(address, ipaddress.IPv6Address):
-        embedded = address.ipv4_mapped or (
-            ipaddress.IPv4Address(int(address) & 0xFFFFFFFF) if address in _NAT64 else None
-        )
-        if embedded is not None:
-            return _refusal(embedded, block_private=block_private)
+        for embedded in _embedded_ipv4(address):
+            reason = _refusal(embedded, block_private=block_private)
+            if reason:
+                return reason
     if address in METADATA_ADDRESSES:
         return "a cloud metadata address"
     if address.is_link_local:
@@ -153,6 +154,23 @@ def _refusal(address: IPAddress, *, block_private: bool) -> str | None:
         if address.is_private or not address.is_global:
             return "a private address (JOBTRACKER_WEBHOOK_BLOCK_PRIVATE is on)"
     return None
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """IPv4 addresses an IPv6 address carries, each of which may route to it: IPv4-mapped
+    (``::ffff:a.b.c.d``), NAT64 (``64:ff9b::a.b.c.d``), IPv4-compatible (``::a.b.c.d``,
+    deprecated but still routed by some stacks), 6to4 (``2002:AABB:CCDD::``) and Teredo (its
+    server and its obfuscated client address)."""
+    found: list[ipaddress.IPv4Address] = []
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    if address in _NAT64 or (address in _IPV4_COMPATIBLE and int(address) > 1):
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    return found
 
 
 def _resolve(host: str, port: int, timeout_s: float) -> tuple[str, ...]:
