@@ -1,10 +1,14 @@
 FROM python:3.12-slim
-WORKDIR /app
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY worker ./worker
 COPY models ./models
 COPY migrations ./migrations
 # The flower extra: the docker-compose `flower` service runs `celery -A worker flower`.
-RUN pip install --no-cache-dir ".[flower]" && useradd --system jobtracker
+# The service user gets a home of its own: the embedded defaults (./jobtracker.db and the
+# ./.jobtracker-broker folder) are written to the working directory, which must be writable.
+RUN pip install --no-cache-dir ".[flower]" \
+    && useradd --system --create-home --home-dir /var/lib/jobtracker jobtracker
+WORKDIR /var/lib/jobtracker
 USER jobtracker
 CMD ["jobtracker", "run"]

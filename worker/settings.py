@@ -212,7 +212,7 @@ def _check_database_url(url: str) -> None:
         parsed = make_url(url)
     except ArgumentError:
         raise ConfigError(
-            f"JOBTRACKER_DATABASE_URL is not a SQLAlchemy URL: {_redact(url)}"
+            f"JOBTRACKER_DATABASE_URL is not a SQLAlchemy URL: {redact_url(url)}"
         ) from None
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise ConfigError(
@@ -224,7 +224,9 @@ def _check_database_url(url: str) -> None:
 def _check_broker_url(url: str) -> None:
     scheme = urlsplit(url).scheme
     if scheme not in ("redis", "rediss", "filesystem", "memory", "amqp", "pyamqp", "sentinel"):
-        raise ConfigError(f"JOBTRACKER_BROKER_URL: unsupported scheme {scheme!r} in {_redact(url)}")
+        raise ConfigError(
+            f"JOBTRACKER_BROKER_URL: unsupported scheme {scheme!r} in {redact_url(url)}"
+        )
 
 
 def _check_endpoint(name: str, url: str) -> str:
@@ -270,8 +272,8 @@ def _parse_schedule(raw: str | None) -> tuple[float, ...]:
     return values
 
 
-def _redact(url: str) -> str:
-    """A URL with its password hidden, for error messages."""
+def redact_url(url: str) -> str:
+    """A URL with its password hidden, for messages and logs."""
     parts = urlsplit(url)
     if parts.password:
         return url.replace(f":{parts.password}@", ":***@", 1)

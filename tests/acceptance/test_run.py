@@ -142,6 +142,7 @@ def TencentSecretNotLogged(sim: Simulator, output: str) -> bool:
 
 
 def test_sigint_also_stops_within_ten_seconds(sim: Simulator, tmp_path: Path) -> None:
+    """... and the run says what it runs on, and leaves no beat schedule files behind."""
     tracker = Tracker(tracker_env(sim, {}), tmp_path).start()
     try:
         wait_until(lambda: "ready" in tracker.output().lower(), 30, "the worker to start", tracker)
@@ -149,6 +150,15 @@ def test_sigint_also_stops_within_ten_seconds(sim: Simulator, tmp_path: Path) ->
     finally:
         tracker.kill()
     assert elapsed < 10
+    output = tracker.output()
+    assert f"database   sqlite:///{tmp_path / 'jobtracker.db'}" in output
+    assert f"broker     embedded, in {tmp_path / '.jobtracker-broker'}" in output
+    for kind in ("video_face_fusion", "image_animate"):
+        assert f"provider   {kind}: {sim.url}, 20 QPS, ready" in output
+    assert "metrics    off" in output
+    assert not list(tmp_path.glob("celerybeat-schedule*")), sorted(
+        p.name for p in tmp_path.iterdir()
+    )
 
 
 def run_through(

@@ -22,7 +22,8 @@ from worker.flow.enqueue import track
 from worker.flow.poll import poll_batch
 from worker.flow.tick import claim_all
 from worker.providers.client import clear_clients
-from worker.settings import Settings
+from worker.runtime.runner import describe
+from worker.settings import Settings, redact_url
 
 
 def engine_settings(db_url: str, sim: Simulator, tmp_path: Path, **env: str) -> Settings:
@@ -303,3 +304,26 @@ def test_the_claim_query_reads_the_due_index(db_url: str, tmp_path: Path) -> Non
         else:
             plan = " ".join(str(r[-1]) for r in conn.execute(text("EXPLAIN QUERY PLAN " + sql)))
     assert "ix_tracked_jobs_due" in plan, plan
+
+
+def test_run_describes_a_paused_setup(sqlite_url: str, tmp_path: Path) -> None:
+    """Without credentials every provider is paused: `jobtracker run` says so, and what to set."""
+    settings = Settings.from_env(
+        {"JOBTRACKER_DATABASE_URL": sqlite_url, "JOBTRACKER_METRICS_PORT": "9464"}, cwd=tmp_path
+    )
+    lines = describe(settings, beat=True, concurrency=8, port=9464)
+    text = "\n".join(lines)
+    assert lines[0] == "jobtracker starting: worker (8 threads) and beat (a tick every 5 s)"
+    assert "paused until TENCENTCLOUD_SECRET_ID / TENCENTCLOUD_SECRET_KEY are set" in text
+    assert "not sent until JOBTRACKER_WEBHOOK_SECRET is set" in text
+    assert "metrics    http://0.0.0.0:9464/metrics" in text
+    pg = Settings.from_env(
+        {
+            "JOBTRACKER_DATABASE_URL": "postgresql://jt:s3cret@db/jt",
+            "JOBTRACKER_BROKER_URL": "redis://:hunter2@redis:6379/0",
+        },
+        cwd=tmp_path,
+    )
+    assert "s3cret" not in redact_url(pg.database_url) and "hunter2" not in redact_url(
+        pg.broker_url
+    )

@@ -144,3 +144,21 @@ def test_worker_serves_metrics_on_a_published_port(compose: dict[str, Any]) -> N
     # Only the worker serves metrics: beat and the one-shot migration do not.
     for name in ("beat", "migrate"):
         assert "JOBTRACKER_METRICS_PORT" not in compose["services"][name]["environment"]
+
+
+def test_the_image_runs_as_a_user_that_owns_its_working_directory() -> None:
+    """The embedded defaults write ./jobtracker.db and ./.jobtracker-broker: the service user
+    must be able to write the directory it starts in (no Docker engine here, so read the file).
+    """
+    lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
+    user = next(line.split()[1] for line in reversed(lines) if line.startswith("USER "))
+    workdir = next(line.split()[1] for line in reversed(lines) if line.startswith("WORKDIR "))
+    assert user != "root"
+    created = re.search(
+        rf"useradd\b[^\n]*--create-home[^\n]*--home-dir {re.escape(workdir)} {user}\b",
+        " ".join(lines),
+    )
+    assert created, f"the final WORKDIR {workdir} is not the home directory created for {user}"
+    # USER comes after the last RUN: nothing later resets ownership.
+    last_run = max(i for i, line in enumerate(lines) if line.startswith("RUN "))
+    assert lines.index(f"USER {user}") > last_run

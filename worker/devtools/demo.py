@@ -38,7 +38,7 @@ from worker.flow.enqueue import track
 from worker.ops.tables import table
 from worker.providers.table import PROVIDERS
 from worker.runtime.migrate import ensure_schema
-from worker.settings import Settings
+from worker.settings import Settings, redact_url
 
 #: The demo database, in the working directory unless ``--database-url`` is given.
 DEFAULT_DB_FILE = "jobtracker-demo.db"
@@ -106,11 +106,6 @@ class DemoJob:
 def new_webhook_secret() -> str:
     """A fresh ``whsec_`` secret (24 random bytes), known to the tracker and the receiver only."""
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
-
-
-def _redacted(url: str) -> str:
-    parsed = make_url(url)
-    return parsed.render_as_string(hide_password=True) if parsed.password else url
 
 
 class Demo:
@@ -243,7 +238,7 @@ class Demo:
             self.say("jobtracker demo")
             self.say(f"  fake Tencent API   {sim.url} (TC3-HMAC-SHA256 signatures checked)")
             self.say(f"  webhook receiver   {receiver.url} (Standard Webhooks signatures checked)")
-            self.say(f"  database           {_redacted(self.database_url)}")
+            self.say(f"  database           {redact_url(self.database_url)}")
             self.say(f"  tracker log        {self.log_path}")
             self.say()
             self.enqueue(settings, receiver.url)
@@ -395,7 +390,7 @@ class Demo:
 
     def say_inspection(self) -> None:
         url = self.database_url
-        shown = _redacted(url)
+        shown = redact_url(url)
         example = next((j.id for j in self.jobs if j.lifecycle.label == "throttled"), 1)
         self.say()
         self.say("Inspect this run (the database is kept):")

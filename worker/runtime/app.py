@@ -19,7 +19,10 @@ QUEUE = "jobtracker"
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings for jobtracker's workload: short I/O-bound tasks, re-derivable messages."""
     config: dict[str, Any] = {
-        "broker_url": settings.broker_url,
+        # The embedded broker has no host; naming one spares a "No hostname" warning at start.
+        "broker_url": "filesystem://localhost//"
+        if settings.embedded_broker
+        else settings.broker_url,
         "broker_connection_retry_on_startup": True,
         "task_default_queue": QUEUE,
         # Every message can be re-derived from the database, so results are never stored and

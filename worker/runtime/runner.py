@@ -12,12 +12,15 @@ import os
 import threading
 
 from celery.apps import worker as celery_worker_module
-from celery.beat import EmbeddedService
+from celery.beat import EmbeddedService, Scheduler
 from celery.signals import worker_shutting_down
 
+from worker.db import session_scope
 from worker.ops.metrics import start_metrics_server
+from worker.providers.state import load_states
+from worker.providers.table import PROVIDERS
 from worker.runtime.app import app
-from worker.settings import Settings
+from worker.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +50,15 @@ def run(settings: Settings, *, concurrency: int | None = None, beat: bool = True
     worker_shutting_down.connect(_arm_watchdog, weak=False)
     celery_worker_module.safe_say = _say
     # Beat sleeps until its next due entry; a short max_interval lets it notice a stop quickly.
+    # The in-memory scheduler: the schedule is a few fixed intervals, so the default
+    # PersistentScheduler's celerybeat-schedule.* files in the working directory buy nothing.
     embedded_beat = (
-        EmbeddedService(app, thread=True, max_interval=min(1.0, settings.tick_seconds))
+        EmbeddedService(
+            app,
+            thread=True,
+            max_interval=min(1.0, settings.tick_seconds),
+            scheduler_cls=Scheduler,
+        )
         if beat
         else None
     )
@@ -70,7 +80,9 @@ def run(settings: Settings, *, concurrency: int | None = None, beat: bool = True
     )
     # Before the worker's start-up (connecting to the broker), so a scrape can tell "up, but
     # stuck connecting" from "down"; worker_init calls it again, which is a no-op.
-    start_metrics_server(settings)
+    metrics_port = start_metrics_server(settings)
+    for line in describe(settings, beat=beat, concurrency=worker.concurrency, port=metrics_port):
+        log.info("%s", line)
     if embedded_beat is not None:
         embedded_beat.start()
     try:
@@ -80,3 +92,52 @@ def run(settings: Settings, *, concurrency: int | None = None, beat: bool = True
             stop_beat()
             embedded_beat.join(timeout=2.0)
     return int(worker.exitcode or 0)
+
+
+def describe(settings: Settings, *, beat: bool, concurrency: int, port: int | None) -> list[str]:
+    """What ``jobtracker run`` runs on, in a few lines: enough for a newcomer to see it is
+    working, what is missing, and what to do next. No password, no secret."""
+    paused = {kind for kind, state in _states(settings).items() if state}
+    lines = [
+        f"jobtracker starting: worker ({concurrency} threads)"
+        + (f" and beat (a tick every {settings.tick_seconds:g} s)" if beat else ", no beat"),
+        f"  database   {redact_url(settings.database_url)}",
+        "  broker     "
+        + (
+            f"embedded, in {settings.broker_dir}"
+            if settings.embedded_broker
+            else redact_url(settings.broker_url)
+        ),
+    ]
+    for kind in PROVIDERS:
+        if not settings.has_credentials:
+            state = "paused until TENCENTCLOUD_SECRET_ID / TENCENTCLOUD_SECRET_KEY are set"
+        elif kind in paused:
+            state = "paused by a configuration error (see `jobtracker stats`); probing"
+        else:
+            state = "ready"
+        lines.append(
+            f"  provider   {kind}: {settings.endpoints[kind]}, {settings.qps[kind]:g} QPS, {state}"
+        )
+    lines.append(
+        "  callbacks  "
+        + (
+            f"signed with {len(settings.webhook_secrets)} secret(s)"
+            if settings.webhook_secrets
+            else "not sent until JOBTRACKER_WEBHOOK_SECRET is set (recorded as no_secret)"
+        )
+    )
+    lines.append(
+        f"  metrics    http://0.0.0.0:{port}/metrics"
+        if port
+        else "  metrics    off (set JOBTRACKER_METRICS_PORT)"
+    )
+    lines.append(
+        "  next: `jobtracker enqueue KIND JOB_ID` in another shell, then `jobtracker jobs`"
+    )
+    return lines
+
+
+def _states(settings: Settings) -> dict[str, bool]:
+    with session_scope(settings) as session:
+        return {kind: bool(state.paused) for kind, state in load_states(session).items()}
