@@ -7,6 +7,9 @@ import logging
 from datetime import datetime
 from typing import Any
 
+from celery import Task
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
 from worker.errors import EnqueueError
 from worker.flow import deliver
 from worker.flow import poll as poll_stage
@@ -14,12 +17,20 @@ from worker.flow import tick as tick_stage
 from worker.flow.enqueue import track as _track
 from worker.runtime.app import app
 from worker.settings import get_settings
+from worker.webhooks.urls import loggable_url
 
 log = logging.getLogger(__name__)
 
 
-@app.task(name="jobtracker.track", acks_late=False)
+#: Retries of a ``jobtracker.track`` message while the database is unreachable: 1, 2, 4 ... 60,
+#: 60 ... seconds apart, about 20 minutes in all, then the request is logged whole at ERROR.
+TRACK_MAX_RETRIES = 25
+TRACK_RETRY_CAP_S = 60.0
+
+
+@app.task(name="jobtracker.track", bind=True, acks_late=True, max_retries=TRACK_MAX_RETRIES)
 def track(
+    self: Task,
     kind: str,
     job_id: str,
     callback_url: str | None = None,
@@ -28,13 +39,41 @@ def track(
 ) -> dict[str, Any] | None:
     """Enqueue a job for tracking (for other services' ``send_task``).
 
-    Bad input is logged and dropped: retrying a message that can never be valid would loop.
+    The message is acknowledged once the row is committed (``acks_late``): a worker that dies
+    mid-way leaves it to another. A database that cannot be reached is retried with backoff;
+    bad input is logged and dropped, since retrying a message that can never be valid would loop.
     """
     try:
         return _track(kind, job_id, callback_url=callback_url, region=region, metadata=metadata)
     except EnqueueError as exc:
         log.error("refused to track job: %s", exc, extra={"kind": kind, "job_id": job_id})
         return None
+    except (OperationalError, InterfaceError) as exc:
+        attempt = self.request.retries + 1
+        if self.request.retries >= TRACK_MAX_RETRIES:
+            # Nothing is stored: say everything needed to enqueue it again by hand.
+            log.error(
+                "gave up tracking a job after %d attempts, the database stayed unreachable: %s",
+                attempt,
+                type(exc.orig).__name__ if isinstance(exc, DBAPIError) else exc,
+                extra={
+                    "kind": kind,
+                    "job_id": job_id,
+                    "region": region,
+                    # Without its query: a receiver's token may live there.
+                    "callback_url": loggable_url(callback_url) if callback_url else None,
+                    "metadata": metadata,
+                },
+            )
+            raise
+        delay = min(TRACK_RETRY_CAP_S, 2.0**self.request.retries)
+        log.warning(
+            "database unreachable while tracking a job; retry %d in %.0f s",
+            attempt,
+            delay,
+            extra={"kind": kind, "job_id": job_id},
+        )
+        raise self.retry(countdown=delay) from None
 
 
 @app.task(name="jobtracker.tick", acks_late=False, ignore_result=True)

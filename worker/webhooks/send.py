@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
-from urllib.parse import urlsplit
 
 import requests
 
@@ -24,7 +23,7 @@ from worker.policy import LOG_BODY_BYTES, DeliveryPolicy
 from worker.webhooks.classify import AttemptError, classify
 from worker.webhooks.signing import NoWebhookSecret, sign_headers
 from worker.webhooks.transport import PinnedAdapter, make_session, pinned
-from worker.webhooks.urls import CallbackResolutionError, resolve_callback_url
+from worker.webhooks.urls import CallbackResolutionError, loggable_url, resolve_callback_url
 
 __all__ = ["USER_AGENT", "AttemptError", "AttemptOutcome", "parse_retry_after", "send"]
 
@@ -171,7 +170,7 @@ def send(
     if 200 <= status < 300:
         return attempt.done(status, text)
     if 300 <= status < 400:
-        location = _without_query(response.headers.get("Location", ""))
+        location = loggable_url(response.headers.get("Location", ""))
         message = f"HTTP {status}: redirect to {location or '(no Location)'} not followed"
     else:
         message = f"HTTP {status} {response.reason or ''}".rstrip()
@@ -265,7 +264,7 @@ class _Attempt:
             level,
             "webhook %s to %s: %s (%d ms)",
             self.msg_id,
-            _without_query(self.url),
+            loggable_url(self.url),
             what,
             outcome.latency_ms,
             extra={
@@ -300,15 +299,6 @@ def _read_head(response: requests.Response, cap: int, deadline: float) -> tuple[
 
 def _lenient_text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-
-
-def _without_query(url: str) -> str:
-    """A URL for logs: tokens live in the query and fragment, so both are dropped."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "(malformed URL)"
-    return parts._replace(query="", fragment="").geturl()
 
 
 def _deadline_message(policy: DeliveryPolicy) -> str:

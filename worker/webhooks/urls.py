@@ -89,6 +89,15 @@ def resolve_callback_url(url: str, *, block_private: bool, timeout_s: float = 5.
     return ResolvedURL(clean, parts.scheme.lower(), host, port, addresses)
 
 
+def loggable_url(url: str) -> str:
+    """A callback URL for logs: tokens live in the query and fragment, so both are dropped."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(malformed URL)"
+    return parts._replace(query="", fragment="").geturl()
+
+
 def _split(url: str) -> SplitResult:
     if not isinstance(url, str) or not url.strip():
         raise UnsafeCallbackURL("callback URL is empty")
