@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -12,12 +14,15 @@ from sqlalchemy import select
 from models import JobStatus, ProviderState, TrackedJob, utcnow
 from tests.drive import step
 from worker.db import session_scope
+from worker.devtools.receiver import Receiver
 from worker.devtools.simulator import Simulator
 from worker.flow import poll
 from worker.flow.enqueue import track
 from worker.providers.normalize import Answer, normalize
 from worker.providers.table import PROVIDERS
 from worker.settings import Settings
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 def statuses(settings: Settings) -> dict[str, str]:
@@ -48,6 +53,18 @@ class FakeClient:
 
     def query(self, job_id: str, *, now: Any = None) -> Answer:
         result = {"ResultVideoUrl": "https://x/" + ("\x00" if job_id == "poison" else job_id)}
+        return Answer(JobStatus.SUCCEEDED, "DONE", result=result, request_id="r")
+
+
+class UnencodableClient:
+    """Answers past the normalizer (as a new provider path with a missed check would): job
+    ``bad`` gets a message no UTF-8 encoder can write, so the driver raises before any SQL is
+    sent, and not a DBAPIError."""
+
+    def query(self, job_id: str, *, now: Any = None) -> Answer:
+        if job_id == "bad":
+            return Answer(JobStatus.FAILED, "FAIL", error_code="X", error_message="\ud800")
+        result = {"ResultVideoUrl": f"https://x/{job_id}"}
         return Answer(JobStatus.SUCCEEDED, "DONE", result=result, request_id="r")
 
 
@@ -150,3 +167,90 @@ def test_a_paused_providers_overdue_jobs_expire_without_using_the_probe(
     # The probe went to a job that can still succeed, and it asked the provider.
     assert got["fresh"] == "pending"
     assert sim.counters().total == calls + 1
+
+
+def strict_json(body: bytes) -> Any:
+    """Parse as a receiver's strict parser would: UTF-8, and no NaN or Infinity."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(body.decode("utf-8"), parse_constant=refuse)
+
+
+@pytest.mark.parametrize("kind", ["image_animate", "video_face_fusion"])
+def test_poison_answers_are_stored_and_never_sink_a_batch(
+    db_url: str, sim: Simulator, tmp_path: Path, kind: str
+) -> None:
+    """A failed answer whose text carries lone surrogates and NUL, and a succeeded one carrying
+    NaN and Infinity, end like any other answer, next to healthy jobs polled in the same batch;
+    their callbacks are strict JSON."""
+    settings = Settings.from_env(
+        {
+            "JOBTRACKER_DATABASE_URL": db_url,
+            "JOBTRACKER_WEBHOOK_SECRET": SECRET,
+            "JOBTRACKER_POLL_INTERVAL_MIN": "0.05",
+            **sim.env(),
+        },
+        cwd=tmp_path,
+    )
+    with Receiver(secrets=[SECRET]) as receiver:
+        for job_id in ("succeed-1-a", "poison-1-p", "nan-1-n", "succeed-1-b"):
+            track(kind, job_id, callback_url=receiver.url, settings=settings)
+        step(settings)  # one batch, one poll each
+        assert statuses(settings) == {
+            "succeed-1-a": "succeeded",
+            "poison-1-p": "failed",
+            "nan-1-n": "succeeded",
+            "succeed-1-b": "succeeded",
+        }
+        messages = {m.payload["data"]["job_id"]: m for m in receiver.wait_for(4, timeout=20)}
+    poisoned = strict_json(messages["poison-1-p"].body)["data"]["error"]
+    assert poisoned["message"] == "\ufffd broken \ufffd text"
+    assert poisoned["code"].startswith("FailedOperation.")
+    result = strict_json(messages["nan-1-n"].body)["data"]["result"]
+    optional = [
+        k for k in PROVIDERS[kind].result.fields if k not in PROVIDERS[kind].result.required
+    ]
+    assert optional and all(result[key] is None for key in optional)
+    with session_scope(settings) as session:
+        job = session.execute(select(TrackedJob).where(TrackedJob.job_id == "nan-1-n")).scalar_one()
+        assert job.result is not None and all(job.result[key] is None for key in optional)
+
+
+def test_any_exception_writing_one_row_spares_the_batch_and_the_job_still_ends(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row whose write raises something other than a DBAPIError (here UnicodeEncodeError in the
+    driver) is written job by job: its neighbours finish, it gets a recorded error, and at its
+    deadline it expires instead of being polled forever."""
+    settings = Settings.from_env(
+        {
+            "JOBTRACKER_DATABASE_URL": db_url,
+            "TENCENTCLOUD_SECRET_ID": "id",
+            "TENCENTCLOUD_SECRET_KEY": "key",
+            "JOBTRACKER_JOB_DEADLINE": "2",
+            "JOBTRACKER_POLL_INTERVAL_MIN": "0.05",
+            "JOBTRACKER_POLL_INTERVAL_MAX": "0.1",
+        },
+        cwd=tmp_path,
+    )
+    monkeypatch.setattr(poll, "get_client", lambda *a: UnencodableClient())
+    for job_id in ("a", "bad", "b"):
+        track("image_animate", job_id, settings=settings)
+    step(settings)
+    assert statuses(settings) == {"a": "succeeded", "bad": "pending", "b": "succeeded"}
+    with session_scope(settings) as session:
+        bad = session.execute(select(TrackedJob).where(TrackedJob.job_id == "bad")).scalar_one()
+        assert (bad.polls, bad.last_error_code, bad.lease_expires_at) == (
+            1,
+            "Tracker.Unstorable",
+            None,
+        )
+    deadline = time.monotonic() + 10
+    while statuses(settings)["bad"] != "expired" and time.monotonic() < deadline:
+        step(settings)
+        time.sleep(0.1)
+    with session_scope(settings) as session:
+        bad = session.execute(select(TrackedJob).where(TrackedJob.job_id == "bad")).scalar_one()
+        assert bad.status == "expired" and bad.error_code == "Tracker.DeadlineExceeded"

@@ -18,7 +18,7 @@ from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
 from models import ALLOWED_TRANSITIONS, JobStatus, TrackedJob
-from worker.errors import ErrorClass, JobTerminalError, ProviderError
+from worker.errors import ErrorClass, JobTerminalError, ProviderError, UnexpectedAnswer
 from worker.flow.transition import JOBS, Move, expiry, transition_many
 from worker.policy import PollPolicy
 from worker.providers.normalize import Answer
@@ -135,6 +135,25 @@ def expire_if_overdue(outcome: Outcome, settings: Settings, now: datetime) -> No
     outcome.to_status = JobStatus.EXPIRED
     outcome.reason, values = expiry(deadline)
     outcome.values.update(values)
+
+
+def unstorable(
+    outcome: Outcome, exc: Exception, settings: Settings, policy: PollPolicy, now: datetime
+) -> Outcome:
+    """What to write instead of ``outcome`` when the database refused it.
+
+    The poll counts, the job is released with a recorded error and polled again on the error
+    backoff; past its deadline it expires. Nothing of the answer is kept, so this write cannot
+    fail the way the first one did, and a job whose answers can never be stored still ends.
+    """
+    fallback = Outcome(job=outcome.job, lease=outcome.lease, polled=outcome.polled)
+    fallback.error = UnexpectedAnswer(
+        f"the poll's outcome could not be stored ({type(exc).__name__}); polling again",
+        code="Tracker.Unstorable",
+    )
+    fallback.error_class = ErrorClass.TRANSIENT
+    decide(fallback, settings, policy, now)
+    return fallback
 
 
 def write_outcomes(

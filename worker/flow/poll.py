@@ -16,13 +16,20 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from models import ACTIVE_STATUSES, TrackedJob, utcnow
 from worker.db import session_scope
 from worker.errors import ErrorClass, ProviderError, ThrottledError
-from worker.flow.outcome import BatchReport, Outcome, decide, expire_if_overdue, write_outcomes
+from worker.flow.outcome import (
+    BatchReport,
+    Outcome,
+    decide,
+    expire_if_overdue,
+    unstorable,
+    write_outcomes,
+)
 from worker.ops import metrics
 from worker.ops.logs import log_context
 from worker.policy import PollPolicy
@@ -175,30 +182,66 @@ def _ask(
 def _finish(
     kind: str, outcomes: list[Outcome], settings: Settings, report: BatchReport, *, resume: bool
 ) -> None:
+    """Write the batch in one transaction; if the database refuses it, job by job, so that one
+    outcome it cannot store (whatever the exception) never sinks its neighbours."""
     now = utcnow()
-    throttled = any(isinstance(o.error, ThrottledError) for o in outcomes)
-    answered = any(o.answer is not None for o in outcomes)
     try:
         with session_scope(settings) as session:
             write_outcomes(session, outcomes, now, report)
-            if resume:
-                provider_state.resume(session, kind, now)
-            if answered and not throttled:
-                provider_state.clear_throttle(session, kind, now)
-    except DBAPIError as exc:
-        if exc.connection_invalidated or isinstance(exc, OperationalError):
-            raise  # the database is away: the leases run out and the jobs are polled again
-        # One row the database refuses must not sink the batch: write the outcomes one by one.
-        log.error("batch write refused (%s); writing job by job", type(exc.orig).__name__)
-        report.delivery_ids.clear()
-        report.polled = report.transitions = report.errors = report.released = 0
-        for outcome in outcomes:
-            try:
-                with session_scope(settings) as session:
-                    write_outcomes(session, [outcome], now, report)
-            except DBAPIError as single:
-                log.error(
-                    "could not record a poll; the job will be polled again: %s",
-                    type(single.orig).__name__,
-                    extra={"kind": kind, "tracked_job_id": outcome.job.id},
-                )
+            _provider_news(session, kind, outcomes, now, resume=resume)
+        return
+    except Exception as exc:
+        if _database_away(exc):
+            raise  # the leases run out and the jobs are polled again
+        log.error("batch write refused (%s); writing job by job", _name(exc))
+    report.delivery_ids.clear()
+    report.polled = report.transitions = report.errors = report.released = 0
+    policy = PollPolicy.from_settings(settings)
+    for outcome in outcomes:
+        try:
+            with session_scope(settings) as session:
+                write_outcomes(session, [outcome], now, report)
+            continue
+        except Exception as exc:
+            if _database_away(exc):
+                raise
+            refused = exc
+        log.error(
+            "could not record a poll (%s); recording the error instead",
+            _name(refused),
+            extra={"tracked_job_id": outcome.job.id, "job_id": outcome.job.job_id},
+        )
+        try:
+            with session_scope(settings) as session:
+                fallback = unstorable(outcome, refused, settings, policy, now)
+                write_outcomes(session, [fallback], now, report)
+        except Exception as exc:
+            if _database_away(exc):
+                raise
+            log.exception("could not record a poll; its lease runs out and it is polled again")
+    with session_scope(settings) as session:
+        _provider_news(session, kind, outcomes, now, resume=resume)
+
+
+def _provider_news(
+    session: Session, kind: str, outcomes: list[Outcome], now: datetime, *, resume: bool
+) -> None:
+    """What the batch says of the whole provider: a probe that worked resumes it, answers with
+    no throttle clear its throttle count."""
+    if resume:
+        provider_state.resume(session, kind, now)
+    throttled = any(isinstance(o.error, ThrottledError) for o in outcomes)
+    if not throttled and any(o.answer is not None for o in outcomes):
+        provider_state.clear_throttle(session, kind, now)
+
+
+def _database_away(exc: Exception) -> bool:
+    """The database cannot be reached (as opposed to refusing a row)."""
+    return isinstance(exc, OperationalError | InterfaceError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
+
+
+def _name(exc: Exception) -> str:
+    orig = exc.orig if isinstance(exc, DBAPIError) else None
+    return type(orig or exc).__name__

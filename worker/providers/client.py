@@ -42,6 +42,7 @@ from worker.errors import (
     TransientProviderError,
     UnexpectedAnswer,
 )
+from worker.jsonsafe import finite_float, no_constant
 from worker.providers.normalize import Answer, normalize
 from worker.providers.table import PROVIDERS, ProviderSpec
 from worker.settings import Settings
@@ -193,7 +194,8 @@ def _decode(body: bytes) -> Any:
     if len(body) > MAX_BODY_BYTES:
         return _UNDECODABLE
     try:
-        return json.loads(body)
+        # NaN, Infinity and numbers too large for a float decode as None (see worker.jsonsafe).
+        return json.loads(body, parse_constant=no_constant, parse_float=finite_float)
     except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return _UNDECODABLE
 

@@ -28,6 +28,7 @@ from worker.errors import (
     ProviderError,
     UnexpectedAnswer,
 )
+from worker.jsonsafe import clean
 from worker.providers.table import ProviderSpec, error_class_for
 
 _short = reprlib.Repr()
@@ -56,25 +57,12 @@ class Answer:
     request_id: str | None = None
 
 
-def strip_nul(value: Any) -> Any:
-    """``value`` with NUL characters removed from every string in it, keys included.
-
-    PostgreSQL text and JSONB refuse ``\u0000``; one such character in a provider answer would
-    otherwise fail the write of the whole poll batch, again at every retry.
-    """
-    if isinstance(value, str):
-        return value.replace("\x00", "") if "\x00" in value else value
-    if isinstance(value, dict):
-        return {strip_nul(k): strip_nul(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [strip_nul(v) for v in value]
-    return value
-
-
 def normalize(spec: ProviderSpec, response: Any, *, now: datetime) -> Answer:
     """The :class:`Answer` in a decoded ``{"Response": {...}}`` body; raises only ProviderError."""
     try:
-        response = strip_nul(response)
+        # Text and numbers SQL and strict JSON parsers cannot hold (NUL, lone surrogates, NaN)
+        # are made storable here, at the boundary, so one answer never fails a batch's write.
+        response = clean(response)
     except RecursionError:
         raise UnexpectedAnswer(
             f"{spec.action}: the answer is nested too deeply", code="Transport.BadAnswer"

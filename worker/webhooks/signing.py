@@ -31,6 +31,7 @@ from typing import Any
 from standardwebhooks.webhooks import Webhook
 
 from worker.errors import ConfigError
+from worker.jsonsafe import clean
 
 EVENT_TYPES = frozenset({"job.succeeded", "job.failed", "job.canceled", "job.expired"})
 #: The ``webhook_deliveries.id`` column is ``String(64)``.
@@ -62,7 +63,10 @@ def encode_body(payload: Mapping[str, Any]) -> bytes:
 
     Sorted keys make the bytes stable even when the outbox column (JSONB) reorders them.
     """
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # allow_nan=False: receivers' strict parsers refuse NaN; build_payload made the values finite.
+    text = json.dumps(
+        payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
     return text.encode("utf-8")
 
 
@@ -126,6 +130,10 @@ def _iso_utc(moment: datetime) -> str:
 
 
 def _jsonable(value: Any) -> Any:
+    """Plain JSON values only: datetimes as text, and text and numbers that strict JSON parsers
+    and UTF-8 can carry (metadata written by plain SQL may hold NaN or lone surrogates)."""
+    if isinstance(value, str | float):
+        return clean(value)
     if isinstance(value, datetime):
         return _iso_utc(value)
     if isinstance(value, date):
@@ -133,7 +141,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Enum):
         return _jsonable(value.value)
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {clean(str(k)): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return value

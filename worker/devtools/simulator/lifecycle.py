@@ -9,6 +9,11 @@ JobId grammar (``N`` is a positive integer; ``tail`` is anything, to make the Jo
     [charset.]succeed[-N][-tail]   in progress (queued, then running), succeeded on poll N (3)
     [charset.]fail[-N][-tail]      in progress, failed status on poll N (3)
     [charset.]cancel[-N][-tail]    in progress, JobHasBeenCanceled error from poll N (2)
+    [charset.]poison[-N][-tail]    in progress, then on poll N (3) a failed status whose error
+                                   code and message carry lone UTF-16 surrogates (legal JSON that
+                                   no UTF-8 encoder can write) and a NUL
+    [charset.]nan[-N][-tail]       in progress, then on poll N (3) a succeeded status whose
+                                   optional result fields are NaN, Infinity and -Infinity
     [charset.]FAULT[-N][-tail]     FAULT on every poll; with N, on polls 1..N then succeeded
     [charset.]error-CODE[-N][-tail]  Response.Error CODE on every poll (or polls 1..N)
     anything else                  as succeed-3
@@ -33,7 +38,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 #: Steps that describe the job (rendered with the provider's status field).
-STATUS_STEPS = frozenset({"queued", "running", "done", "failed"})
+STATUS_STEPS = frozenset({"queued", "running", "done", "failed", "poison", "nan"})
 #: Steps that describe a fault of the API or the network.
 FAULT_STEPS = frozenset(
     {
@@ -104,6 +109,8 @@ def parse_job_id(job_id: str) -> Script:
         steps = [*in_progress((n or 3) - 1), Step("done")]
     elif verb == "fail":
         steps = [*in_progress((n or 3) - 1), Step("failed")]
+    elif verb in ("poison", "nan"):
+        steps = [*in_progress((n or 3) - 1), Step(verb)]
     elif verb == "cancel":
         steps = [*in_progress((n or 2) - 1), Step("canceled")]
     elif verb in FAULT_STEPS or (verb == "error" and code):

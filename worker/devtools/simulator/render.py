@@ -33,7 +33,12 @@ _STEP_STATUS = {
     "slow": JobStatus.RUNNING,
     "done": JobStatus.SUCCEEDED,
     "failed": JobStatus.FAILED,
+    "poison": JobStatus.FAILED,
+    "nan": JobStatus.SUCCEEDED,
 }
+#: What ``json.loads`` accepts and neither PostgreSQL nor a strict parser takes back.
+_POISON_TEXT = "\ud800 broken \udfff text\x00"
+_NON_FINITE = (float("nan"), float("inf"), float("-inf"))
 
 
 @dataclass(frozen=True)
@@ -102,11 +107,19 @@ def _status_body(spec: ProviderSpec, step: Step, job_id: str, request_id: str) -
     _put(body, spec.status_field, spec.raw_status(status))
     failed = status == JobStatus.FAILED
     failure_code = step.code or code_for(spec, JobFailed, "FailedOperation.Unknown")
+    message = f"Simulated failure {failure_code}."
+    if step.name == "poison":
+        failure_code, message = failure_code + _POISON_TEXT, _POISON_TEXT
     _put(body, spec.error_code_field, failure_code if failed else "")
-    _put(body, spec.error_message_field, f"Simulated failure {failure_code}." if failed else "")
+    _put(body, spec.error_message_field, message if failed else "")
+    optional = [key for key in spec.result.fields if key not in spec.result.required]
     for key, path in spec.result.fields.items():
         value = _sample(key, job_id) if status == JobStatus.SUCCEEDED else None
+        if step.name == "nan" and key in optional:
+            value = _NON_FINITE[optional.index(key) % len(_NON_FINITE)]
         _put(body, path, value)
+    if step.name == "nan":
+        body["Progress"] = float("nan")  # outside the result: must not trip anything either
     return body
 
 
