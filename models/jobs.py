@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from datetime import datetime
+from itertools import pairwise
 from typing import Any
 
 from sqlalchemy import (
     CheckConstraint,
+    ColumnElement,
     ForeignKey,
     Index,
     Integer,
     String,
     Text,
     UniqueConstraint,
+    and_,
     func,
+    or_,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -73,6 +78,18 @@ def _sql_list(statuses: frozenset[JobStatus]) -> str:
 
 #: The one source of the partial index predicate: rows the tick may still claim.
 ACTIVE_PREDICATE = text(f"status IN ({_sql_list(ACTIVE_STATUSES)})")
+#: Active rows inserted without a deadline (plain SQL): the tick gives them one.
+NO_DEADLINE_PREDICATE = text(f"deadline_at IS NULL AND status IN ({_sql_list(ACTIVE_STATUSES)})")
+
+
+def unknown_kind(known: Iterable[str]) -> ColumnElement[bool]:
+    """``kind NOT IN known``, written as the ranges between the known kinds, so the database
+    reads only the index entries of unknown kinds (a NOT IN would read every active row)."""
+    kinds = sorted(known)
+    column = TrackedJob.kind
+    ranges = [column < kinds[0], column > kinds[-1]]
+    ranges += [and_(column > a, column < b) for a, b in pairwise(kinds)]
+    return or_(*ranges)
 
 
 class TrackedJob(Base):
@@ -104,7 +121,16 @@ class TrackedJob(Base):
             postgresql_where=ACTIVE_PREDICATE,
             sqlite_where=ACTIVE_PREDICATE,
         ),
+        Index(
+            "ix_tracked_jobs_no_deadline",
+            "id",
+            postgresql_where=NO_DEADLINE_PREDICATE,
+            sqlite_where=NO_DEADLINE_PREDICATE,
+        ),
         Index("ix_tracked_jobs_created_at", "created_at"),
+        # The rules a row must keep (known kind, region name, metadata object, http(s) callback
+        # URL, JobId without blanks) are CHECK constraints on PostgreSQL and triggers on SQLite:
+        # see migrations/rules.py and migrations/versions/0002_table_rules.py.
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -83,7 +83,7 @@ def _validate_job_id(job_id: Any) -> str:
 
 
 def _validate_region(region: Any) -> str:
-    if not isinstance(region, str) or not REGION_RE.match(region):
+    if not isinstance(region, str) or not REGION_RE.match(region) or len(region) > 64:
         raise EnqueueError(f"region {region!r} is not a Tencent region name such as ap-guangzhou")
     return region
 

@@ -18,25 +18,35 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from models import JobStatus, TrackedJob, utcnow
-from models.jobs import ACTIVE_PREDICATE
+from models.jobs import ACTIVE_PREDICATE, NO_DEADLINE_PREDICATE, unknown_kind
 from worker.db import session_scope
 from worker.flow.leases import claim
-from worker.flow.transition import Move, expiry, transition_many
+from worker.flow.transition import JOBS, Move, expiry, transition_many
 from worker.ops import metrics
+from worker.ops.inspection import unpollable
 from worker.providers.state import load_states, take_probe
 from worker.providers.table import PROVIDERS
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
+
+_SET_DEADLINE = (
+    update(JOBS)
+    .where(JOBS.c.id == bindparam("b_id"), JOBS.c.deadline_at.is_(None))
+    .values(deadline_at=bindparam("b_deadline"))
+)
+
 #: The most rows one tick claims for one kind, whatever the rate limit.
 MAX_CLAIM_PER_KIND = 5000
 #: The most overdue jobs of an unreachable provider one tick expires.
 MAX_EXPIRE_PER_KIND = 500
+#: The most rows inserted without a deadline one tick gives theirs.
+MAX_DEADLINES_PER_TICK = 5000
 
 
 @dataclass(frozen=True)
@@ -112,21 +122,32 @@ def claim_all(settings: Settings, now: datetime | None = None) -> dict[str, list
 
 
 def expire_unreachable(settings: Settings, now: datetime | None = None) -> int:
-    """Expire overdue jobs of providers that cannot be asked now (paused or throttled).
+    """Expire overdue jobs that cannot be polled now: their provider is paused or throttled, or
+    their kind is unknown. Returns how many; their callbacks go out once this commits.
 
-    Returns how many jobs were expired; their callbacks go out once this commits.
+    Also gives deadlines to rows inserted without one, and reports unpollable rows.
     """
     now = now or utcnow()
     expired = 0
     with session_scope(settings) as session:
-        for kind, state in load_states(session).items():
-            if kind not in PROVIDERS or not (state.paused or state.is_throttled(now)):
-                continue
+        fill_deadlines(session, settings.job_deadline_s)
+        _report_unpollable(session, now)
+        unreachable: list[tuple[ColumnElement[bool], str]] = [
+            (
+                TrackedJob.kind == kind,
+                "deadline passed while the provider was "
+                + ("paused" if state.paused else "throttled"),
+            )
+            for kind, state in load_states(session).items()
+            if kind in PROVIDERS and (state.paused or state.is_throttled(now))
+        ]
+        unreachable.append((unknown_kind(PROVIDERS), "deadline passed; no provider polls its kind"))
+        for which, why in unreachable:
             overdue = session.execute(
                 select(TrackedJob)
                 .where(
                     ACTIVE_PREDICATE,
-                    TrackedJob.kind == kind,
+                    which,
                     TrackedJob.deadline_at <= now,
                     # Not while a worker holds it: its poll decides.
                     or_(TrackedJob.lease_expires_at.is_(None), TrackedJob.lease_expires_at <= now),
@@ -135,9 +156,6 @@ def expire_unreachable(settings: Settings, now: datetime | None = None) -> int:
                 .limit(MAX_EXPIRE_PER_KIND)
                 .with_for_update(skip_locked=True)
             ).scalars()
-            why = "deadline passed while the provider was " + (
-                "paused" if state.paused else "throttled"
-            )
             moves = []
             for job in overdue:
                 assert job.deadline_at is not None  # selected on it
@@ -146,6 +164,46 @@ def expire_unreachable(settings: Settings, now: datetime | None = None) -> int:
             applied, _ = transition_many(session, moves, now=now)
             expired += len(applied)
     return expired
+
+
+#: How often each process repeats the warning about unpollable rows.
+UNPOLLABLE_WARNING_EVERY_S = 300.0
+_warned_at: dict[str, float] = {}
+
+
+def _report_unpollable(session: Session, now: datetime) -> None:
+    found = unpollable(session)
+    moment = now.timestamp()
+    for kind, count in found.items():
+        if moment - _warned_at.get(kind, float("-inf")) >= UNPOLLABLE_WARNING_EVERY_S:
+            _warned_at[kind] = moment
+            log.warning(
+                "%d active job(s) of kind %r can never be polled: no provider of this tracker "
+                "knows the kind; they expire at their deadline",
+                count,
+                kind,
+                extra={"kind": kind, "unpollable": count},
+            )
+
+
+def fill_deadlines(session: Session, deadline_s: float) -> int:
+    """Give active rows inserted without a deadline (plain SQL) theirs: ``created_at`` +
+    ``deadline_s``, whether or not their provider can be polled, so they expire on time even
+    while it is paused. Reads only the partial index of such rows (usually empty)."""
+    rows = session.execute(
+        select(TrackedJob.id, TrackedJob.created_at)
+        .where(NO_DEADLINE_PREDICATE)
+        .limit(MAX_DEADLINES_PER_TICK)
+    ).all()
+    if rows:
+        session.execute(
+            _SET_DEADLINE,
+            [
+                {"b_id": row.id, "b_deadline": row.created_at + timedelta(seconds=deadline_s)}
+                for row in rows
+            ],
+        )
+    return len(rows)
 
 
 def batches(kind: str, claims: list[Claim], size: int) -> list[Batch]:

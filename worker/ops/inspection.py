@@ -27,7 +27,9 @@ from models import (
     WebhookAttempt,
     WebhookDelivery,
 )
+from models.jobs import ACTIVE_PREDICATE, unknown_kind
 from worker.errors import NotFoundError
+from worker.providers.table import PROVIDERS
 
 #: ``--status`` shortcuts for groups of statuses.
 STATUS_GROUPS: dict[str, frozenset[JobStatus]] = {
@@ -258,6 +260,17 @@ def job_counts(session: Session) -> list[KindStatusCount]:
     return [KindStatusCount(kind, status, int(n), oldest) for kind, status, n, oldest in rows]
 
 
+def unpollable(session: Session) -> dict[str, int]:
+    """Active jobs of a kind no provider of this tracker polls, by kind (a retired provider, a
+    row from before the table rules): they can never be polled, and expire at their deadline."""
+    rows = session.execute(
+        select(TrackedJob.kind, func.count())
+        .where(ACTIVE_PREDICATE, unknown_kind(PROVIDERS))
+        .group_by(TrackedJob.kind)
+    ).all()
+    return {kind: int(n) for kind, n in rows}
+
+
 def stats(session: Session, *, now: datetime) -> dict[str, Any]:
     """Counts by kind and status, oldest active jobs, polls per finished job, deliveries,
     provider states: the numbers an operator checks first."""
@@ -306,6 +319,7 @@ def stats(session: Session, *, now: datetime) -> dict[str, Any]:
         "polls_per_finished_job": dict(sorted(polls.items())),
         "deliveries": deliveries,
         "providers": providers,
+        "unpollable": unpollable(session),
     }
 
 

@@ -21,7 +21,7 @@ Metric names (all prefixed ``jobtracker_``): ``polls_total{kind,outcome}``,
 ``deliveries_total{outcome}``, ``delivery_duration_seconds``, ``tick_duration_seconds``,
 ``jobs{kind,status}``, ``oldest_active_job_age_seconds{kind,status}``,
 ``provider_paused{kind}``, ``provider_throttled{kind}``, ``deliveries_pending``,
-``database_up``.
+``unpollable_jobs{kind}``, ``database_up``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from sqlalchemy import func, select
 from models import DeliveryStatus, JobStatus, WebhookDelivery, utcnow
 from worker.db import session_scope
 from worker.errors import ErrorClass, ProviderError, ThrottledError
-from worker.ops.inspection import job_counts
+from worker.ops.inspection import job_counts, unpollable
 from worker.providers.state import load_states
 from worker.providers.table import PROVIDERS
 from worker.settings import Settings
@@ -140,17 +140,24 @@ class DatabaseCollector(Collector):
                 "Callback messages waiting for their first or next attempt.",
             ),
             GaugeMetricFamily(
+                "jobtracker_unpollable_jobs",
+                "Active jobs of a kind no provider of this tracker polls (they expire at their "
+                "deadline), by kind.",
+                labels=["kind"],
+            ),
+            GaugeMetricFamily(
                 "jobtracker_database_up", "1 if the last scrape could read the database."
             ),
         )
 
     def collect(self) -> Iterator[Metric]:
-        jobs, oldest, paused, throttled, pending, up = self._families()
+        jobs, oldest, paused, throttled, pending, stuck, up = self._families()
         now = utcnow()
         try:
             with session_scope(self.settings) as session:
                 counts = job_counts(session)
                 states = load_states(session)
+                unknown = unpollable(session)
                 pending_n = session.execute(
                     select(func.count())
                     .select_from(WebhookDelivery)
@@ -175,8 +182,10 @@ class DatabaseCollector(Collector):
             is_throttled = state is not None and state.is_throttled(now)
             throttled.add_metric([kind], 1 if is_throttled else 0)
         pending.add_metric([], int(pending_n))
+        for kind, count in sorted(unknown.items()):
+            stuck.add_metric([kind], count)
         up.add_metric([], 1)
-        yield from (jobs, oldest, paused, throttled, pending, up)
+        yield from (jobs, oldest, paused, throttled, pending, stuck, up)
 
 
 _lock = threading.Lock()

@@ -259,6 +259,18 @@ def stats_page(stats: Mapping[str, Any]) -> str:
         )
     )
     lines.append("deliveries: " + ", ".join(f"{s} {n}" for s, n in stats["deliveries"].items()))
+    lines.append(
+        "unpollable: "
+        + (
+            ", ".join(
+                f"{n} active job(s) of unknown kind {kind!r}"
+                for kind, n in stats["unpollable"].items()
+            )
+            + " (no provider polls them; they expire at their deadline)"
+            if stats["unpollable"]
+            else "none"
+        )
+    )
     troubled = [p for p in stats["providers"] if p["paused"] or p["throttled"]]
     if not troubled:
         lines.append("providers: none paused or throttled")
