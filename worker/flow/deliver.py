@@ -22,7 +22,8 @@ import requests
 from sqlalchemy import ColumnElement, event, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from models import DeliveryStatus, WebhookAttempt, WebhookDelivery, utcnow
+from models import DeliveryStatus, WebhookAttempt, WebhookDelivery
+from worker import clock
 from worker.db import session_scope
 from worker.errors import NotFoundError
 from worker.flow.leases import claim
@@ -157,7 +158,7 @@ def deliver_one(
     ``reserved`` is the lease the sweep took on the message for this process, if any.
     """
     policy = policy or DeliveryPolicy.from_settings(settings)
-    now = utcnow()
+    now = clock.now(settings)
     lease = now + timedelta(seconds=policy.lease_s)
     with session_scope(settings) as session:
         taken = claim(
@@ -191,9 +192,11 @@ def _attempt(
         settings.webhook_secrets,
         policy=policy,
         session=_http(),
+        # The signed webhook-timestamp: the database clock, which receivers check for freshness.
+        now=clock.now(settings),
     )
     attempts = delivery.attempts + 1
-    done = utcnow()
+    done = clock.now(settings)
     values: dict[str, Any] = {
         "attempts": attempts,
         "lease_expires_at": None,
@@ -262,7 +265,7 @@ def sweep(settings: Settings) -> int:
     room = min(free_capacity(), SWEEP_LIMIT)
     if not room:
         return 0
-    now = utcnow()
+    now = clock.now(settings)
     # Twice an attempt's lease: the messages may wait for a delivery thread first.
     lease = now + timedelta(seconds=DeliveryPolicy.from_settings(settings).lease_s * 2)
     with session_scope(settings) as session:
@@ -281,7 +284,7 @@ def sweep(settings: Settings) -> int:
 
 def redeliver(settings: Settings, delivery_id: str) -> WebhookDelivery:
     """Make a message due now again, whatever its status: a new attempt, same ``webhook-id``."""
-    now = utcnow()
+    now = clock.now(settings)
     with session_scope(settings) as session:
         delivery = session.execute(
             update(WebhookDelivery)
@@ -302,7 +305,7 @@ def redeliver(settings: Settings, delivery_id: str) -> WebhookDelivery:
 
 def redeliver_failed(settings: Settings, since: datetime) -> list[str]:
     """Make every message that ended ``failed`` since ``since`` due again; return their ids."""
-    now = utcnow()
+    now = clock.now(settings)
     with session_scope(settings) as session:
         ids = session.execute(
             update(WebhookDelivery)

@@ -11,14 +11,15 @@ import json
 import logging
 import unicodedata
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from models import TrackedJob, utcnow
+from models import TrackedJob
+from worker import clock
 from worker.db import session_scope
 from worker.errors import EnqueueError
 from worker.providers.table import PROVIDERS
@@ -129,11 +130,11 @@ def _json_type(value: Any) -> str:
 
 
 def insert_job(
-    session: Session, request: EnqueueRequest, *, deadline_s: float
+    session: Session, request: EnqueueRequest, *, deadline_s: float, now: datetime
 ) -> tuple[TrackedJob, bool]:
     """Insert the row unless (kind, region, job_id) exists; return it and whether it is new."""
     values = {
-        "deadline_at": utcnow() + timedelta(seconds=deadline_s),
+        "deadline_at": now + timedelta(seconds=deadline_s),
         "kind": request.kind,
         "region": request.region,
         "job_id": request.job_id,
@@ -188,7 +189,9 @@ def track(
 def enqueue(request: EnqueueRequest, settings: Settings) -> dict[str, Any]:
     """Store a validated request (idempotently); return the tracked job as a dict."""
     with session_scope(settings) as session:
-        job, created = insert_job(session, request, deadline_s=settings.job_deadline_s)
+        job, created = insert_job(
+            session, request, deadline_s=settings.job_deadline_s, now=clock.now(settings)
+        )
         result = job.to_dict()
     log.info(
         "job enqueued" if created else "job already tracked",

@@ -19,7 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from models import ACTIVE_STATUSES, TrackedJob, utcnow
+from models import ACTIVE_STATUSES, TrackedJob
+from worker import clock
 from worker.db import session_scope
 from worker.errors import ErrorClass, ProviderError, ThrottledError
 from worker.flow.outcome import (
@@ -95,7 +96,7 @@ def _poll_batch(
     slots: deque[float] = deque()
     max_wait = settings.tick_seconds * MAX_SLOT_WAIT_TICKS
     for index, (job, lease) in enumerate(owned):
-        now = utcnow()
+        now = clock.now(settings)
         outcome = Outcome(job=job, lease=lease)
         outcomes.append(outcome)
         if stop_until is not None:
@@ -122,7 +123,7 @@ def _poll_batch(
         with log_context(job_id=job.job_id, tracked_job_id=job.id):
             client, stop_until, ok = _ask(kind, region, client, outcome, settings)
         provider_ok = provider_ok or ok
-        decide(outcome, settings, policy, utcnow())
+        decide(outcome, settings, policy, clock.now(settings))
         metrics.record_poll(kind, outcome.error, outcome.error_class)
 
     _finish(kind, outcomes, settings, report, resume=probing and provider_ok)
@@ -148,21 +149,21 @@ def _ask(
         # Inside the try: a missing credential is a configuration error like AuthFailure.
         client = client or get_client(kind, region, settings)
         with metrics.POLL_SECONDS.labels(kind).time():
-            outcome.answer = client.query(job.job_id)
+            outcome.answer = client.query(job.job_id, now=clock.now(settings))
         provider_ok = True
     except ProviderError as error:
         outcome.error = error
-        age_s = (utcnow() - job.created_at).total_seconds()
+        age_s = (clock.now(settings) - job.created_at).total_seconds()
         outcome.error_class = effective_error_class(
             error, job_age_s=age_s, grace_s=settings.not_found_grace_s
         )
         if isinstance(error, ThrottledError):
             with session_scope(settings) as session:
-                stop_until = provider_state.throttle(session, kind, utcnow())
+                stop_until = provider_state.throttle(session, kind, clock.now(settings))
             outcome.next_poll_at = stop_until
         elif outcome.error_class is ErrorClass.CONFIGURATION:
             with session_scope(settings) as session:
-                stop_until = provider_state.pause(session, kind, str(error), utcnow())
+                stop_until = provider_state.pause(session, kind, str(error), clock.now(settings))
             outcome.next_poll_at = stop_until
         else:
             provider_ok = outcome.error_class is ErrorClass.JOB_TERMINAL
@@ -184,7 +185,7 @@ def _finish(
 ) -> None:
     """Write the batch in one transaction; if the database refuses it, job by job, so that one
     outcome it cannot store (whatever the exception) never sinks its neighbours."""
-    now = utcnow()
+    now = clock.now(settings)
     try:
         with session_scope(settings) as session:
             write_outcomes(session, outcomes, now, report)

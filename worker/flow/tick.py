@@ -21,8 +21,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
-from models import JobStatus, TrackedJob, utcnow
+from models import JobStatus, TrackedJob
 from models.jobs import ACTIVE_PREDICATE, NO_DEADLINE_PREDICATE, unknown_kind
+from worker import clock
 from worker.db import session_scope
 from worker.flow.leases import claim
 from worker.flow.transition import JOBS, Move, expiry, transition_many
@@ -101,7 +102,7 @@ def claim_due(
 
 def claim_all(settings: Settings, now: datetime | None = None) -> dict[str, list[Claim]]:
     """One tick's claims per kind, committed; throttled kinds are skipped, paused ones probed."""
-    now = now or utcnow()
+    now = now or clock.now(settings)
     claims: dict[str, list[Claim]] = {}
     with session_scope(settings) as session:
         states = load_states(session)
@@ -127,7 +128,7 @@ def expire_unreachable(settings: Settings, now: datetime | None = None) -> int:
 
     Also gives deadlines to rows inserted without one, and reports unpollable rows.
     """
-    now = now or utcnow()
+    now = now or clock.now(settings)
     expired = 0
     with session_scope(settings) as session:
         fill_deadlines(session, settings.job_deadline_s)

@@ -36,7 +36,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from models import DeliveryStatus, JobStatus, WebhookDelivery, utcnow
+from models import DeliveryStatus, JobStatus, WebhookDelivery
+from worker import clock
 from worker.db import session_scope
 from worker.errors import ErrorClass, ProviderError, ThrottledError
 from worker.ops.inspection import job_counts, unpollable
@@ -152,7 +153,7 @@ class DatabaseCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         jobs, oldest, paused, throttled, pending, stuck, up = self._families()
-        now = utcnow()
+        now = clock.now(self.settings)
         try:
             with session_scope(self.settings) as session:
                 counts = job_counts(session)

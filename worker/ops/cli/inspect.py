@@ -12,7 +12,8 @@ from typing import Any
 
 import click
 
-from models import DeliveryStatus, JobStatus, TrackedJob, utcnow
+from models import DeliveryStatus, JobStatus, TrackedJob
+from worker import clock
 from worker.db import session_scope
 from worker.errors import NotFoundError
 from worker.flow.deliver import deliver_one, redeliver_failed
@@ -66,7 +67,7 @@ def jobs(
     """List tracked jobs, newest first."""
 
     settings = read_settings()
-    now = utcnow()
+    now = clock.now(settings)
     with session_scope(settings) as session:
         rows = [
             job.to_dict()
@@ -109,7 +110,7 @@ def show(ref: tuple[str, ...], region: str | None, as_json: bool) -> None:
             f"unknown kind {ref[0]!r}: use one of {', '.join(PROVIDERS)}", param_hint="KIND"
         )
     settings = read_settings()
-    now = utcnow()
+    now = clock.now(settings)
     try:
         with session_scope(settings) as session:
             detail = job_detail(session, find_job(session, ref, region=region))
@@ -136,7 +137,7 @@ def deliveries(statuses: tuple[str, ...], job: int | None, limit: int, as_json: 
     """List callback messages (newest first); ID is the message's webhook-id."""
 
     settings = read_settings()
-    now = utcnow()
+    now = clock.now(settings)
     with session_scope(settings) as session:
         if job is not None and session.get(TrackedJob, job) is None:
             fail(f"no tracked job with id {job}", 1)
@@ -200,12 +201,12 @@ def redeliver(delivery_id: str | None, failed_since: datetime | None, as_json: b
     if as_json:
         print_json({"sent": status is not None, **entry})
     else:
-        click.echo(_redelivery_line(entry, sent=status is not None))
+        click.echo(_redelivery_line(entry, sent=status is not None, now=clock.now(settings)))
     if status is not None and status != DeliveryStatus.DELIVERED.value:
         sys.exit(1)
 
 
-def _redelivery_line(entry: dict[str, Any], *, sent: bool) -> str:
+def _redelivery_line(entry: dict[str, Any], *, sent: bool, now: datetime) -> str:
 
     head = f"{entry['id']} ({entry['event_type']} to {entry['url']})"
     if not sent:
@@ -219,7 +220,7 @@ def _redelivery_line(entry: dict[str, Any], *, sent: bool) -> str:
         return f"{head}: attempt {entry['attempts']} delivered ({what})"
     if entry["status"] == DeliveryStatus.FAILED.value:
         return f"{head}: attempt {entry['attempts']} failed ({what}); no attempt left"
-    wait = (datetime.fromisoformat(entry["next_attempt_at"]) - utcnow()).total_seconds()
+    wait = (datetime.fromisoformat(entry["next_attempt_at"]) - now).total_seconds()
     return (
         f"{head}: attempt {entry['attempts']} failed ({what}); next attempt in {format_age(wait)}"
     )
@@ -233,7 +234,7 @@ def stats(as_json: bool) -> None:
 
     settings = read_settings()
     with session_scope(settings) as session:
-        result = collect(session, now=utcnow())
+        result = collect(session, now=clock.now(settings))
     if as_json:
         print_json(result)
     else:
