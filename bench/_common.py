@@ -177,15 +177,20 @@ class SimulatorProcess:
     Its own process, so that neither jobtracker nor the bare baseline shares a GIL with it.
     """
 
-    def __init__(self, qps: float | None = None) -> None:
+    def __init__(
+        self, qps: float | None = None, *, limiter: str = "bucket", other_qps: float = 0.0
+    ) -> None:
         self.qps = qps
+        self.limiter = limiter
+        self.other_qps = other_qps
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
 
     def __enter__(self) -> SimulatorProcess:
         args = [sys.executable, "-m", "worker.devtools.simulator", "--port", "0"]
         if self.qps is not None:
-            args += ["--qps", str(self.qps)]
+            args += ["--qps", str(self.qps), "--limiter", self.limiter]
+            args += ["--other-qps", str(self.other_qps)]
         self.proc = subprocess.Popen(
             args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
         )

@@ -10,7 +10,7 @@ from models.jobs import (
     TrackedJob,
     can_transition,
 )
-from models.providers import ProviderState
+from models.providers import ProviderState, RateLimit
 from models.webhooks import DeliveryStatus, WebhookAttempt, WebhookDelivery
 
 metadata = Base.metadata
@@ -24,6 +24,7 @@ __all__ = [
     "JobStatus",
     "JobTransition",
     "ProviderState",
+    "RateLimit",
     "TrackedJob",
     "UTCDateTime",
     "WebhookAttempt",

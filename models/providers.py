@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, Integer, String, Text, false, func
+from sqlalchemy import Boolean, Float, Integer, String, Text, false, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, UTCDateTime
@@ -30,3 +30,21 @@ class ProviderState(Base):
     def is_throttled(self, now: datetime) -> bool:
         """Whether a RequestLimitExceeded back-off is still running at ``now``."""
         return self.throttled_until is not None and self.throttled_until > now
+
+
+class RateLimit(Base):
+    """One provider's shared pace when the broker is not Redis (``worker.providers.ratelimit``)."""
+
+    __tablename__ = "rate_limits"
+
+    #: The provider (its kind).
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: The next free call slot, in seconds since the epoch on the database's clock.
+    tat: Mapped[float] = mapped_column(Float(precision=53))
+    #: Calls per second allowed now: at most the configured QPS, less after refusals.
+    rate: Mapped[float] = mapped_column(Float(precision=53))
+    #: The rate at which the provider refused a call after an answer, the last time (0: never).
+    learned: Mapped[float] = mapped_column(Float(precision=53))
+    #: The provider's last word was a refusal.
+    refusing: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())

@@ -86,6 +86,59 @@ class ProviderBackoff:
         return max(self.probe_base_s, min(self.probe_max_s, paused_for_s))
 
 
+@dataclass(frozen=True)
+class RatePolicy:
+    """How fast a provider is called: never above the configured QPS (the ceiling), and at
+    what the provider accepts below it (additive increase, multiplicative decrease).
+
+    Pacing: slots are ``1 / (rate * (1 - margin))`` seconds apart, shared by every worker, so no
+    1-second window holds more than ``rate`` calls; a slot a caller reaches more than
+    ``late_tolerance`` of an interval late is dropped, never fired late (two late calls fired back
+    to back would put two calls where the provider counts one).
+
+    Adapting, with ``rate`` starting at the ceiling:
+
+    - each ``RequestLimitExceeded``: ``learned = rate``, then
+      ``rate = max(min_fraction * ceiling, rate * (1 - cut))``: one refusal among many successes
+      costs a few percent of the rate, not the provider;
+    - each success: ``rate = min(ceiling, rate + step / rate)``, so one second of successes adds
+      ``step``: ``fast_step * ceiling`` while ``rate < approach * learned`` (or nothing was
+      learned yet), else ``slow_step * learned``: quick to recover, slow near the rate that was
+      refused last, and still probing above it (the quota others leave may grow again).
+
+    With the ceiling right and the provider's limit at it, nothing is ever refused; configured
+    at 50 against a real 20, the rate falls to ~20 within a second or two and then rises
+    ``slow_step * 20 = 0.2`` calls/s per second until the next refusal.
+    """
+
+    margin: float = 0.02
+    late_tolerance: float = 0.25
+    cut: float = 0.05
+    fast_step: float = 0.25
+    slow_step: float = 0.01
+    approach: float = 0.9
+    min_fraction: float = 0.02
+
+    def interval(self, rate: float) -> float:
+        return 1.0 / (rate * (1.0 - self.margin))
+
+    def floor(self, ceiling: float) -> float:
+        return max(0.01, self.min_fraction * ceiling)
+
+    def after_throttle(self, rate: float, ceiling: float) -> tuple[float, float]:
+        """(new rate, learned) after one refusal at ``rate``."""
+        rate = min(rate, ceiling)
+        return max(self.floor(ceiling), rate * (1.0 - self.cut)), rate
+
+    def after_successes(self, rate: float, learned: float, ceiling: float, n: int) -> float:
+        rate = min(rate, ceiling)
+        for _ in range(n):
+            near = learned > 0 and rate >= self.approach * learned
+            step = self.slow_step * learned if near else self.fast_step * ceiling
+            rate = min(ceiling, rate + step / rate)
+        return rate
+
+
 class AttemptResult(Protocol):
     """What :class:`DeliveryPolicy` reads of one attempt (a ``webhooks.send.AttemptOutcome``)."""
 

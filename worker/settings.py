@@ -74,6 +74,16 @@ class Settings:
     metrics_port: int = 0
 
     @property
+    def request_deadline_s(self) -> float:
+        """The most one provider request may take in all: connecting, then the whole answer."""
+        return self.connect_timeout_s + self.read_timeout_s
+
+    @property
+    def lease_margin_s(self) -> float:
+        """The end of a lease kept for writing a poll batch."""
+        return max(1.0, 0.1 * self.lease_s)
+
+    @property
     def embedded_broker(self) -> bool:
         return self.broker_url.startswith("filesystem://")
 
@@ -132,7 +142,7 @@ class Settings:
                 "set both TENCENTCLOUD_SECRET_ID and TENCENTCLOUD_SECRET_KEY, or neither"
             )
 
-        return cls(
+        settings = cls(
             database_url=database_url,
             broker_url=broker_url,
             broker_dir=Path(reader.text("JOBTRACKER_BROKER_DIR") or here / ".jobtracker-broker"),
@@ -164,6 +174,15 @@ class Settings:
                 reader.number("JOBTRACKER_METRICS_PORT", 0, minimum=0, integer=True, maximum=65535)
             ),
         )
+        if settings.lease_s <= settings.request_deadline_s + settings.lease_margin_s:
+            # A claim must outlast one whole request and the batch's write, or no job is polled.
+            raise ConfigError(
+                f"JOBTRACKER_LEASE_SECONDS ({settings.lease_s:g}) must exceed "
+                f"JOBTRACKER_CONNECT_TIMEOUT + JOBTRACKER_READ_TIMEOUT "
+                f"({settings.request_deadline_s:g}) plus {settings.lease_margin_s:g} s to write "
+                "the batch"
+            )
+        return settings
 
 
 class _Reader:

@@ -19,9 +19,13 @@ from tests.drive import drive, step
 from worker.db import session_scope
 from worker.devtools.simulator import Simulator
 from worker.flow.enqueue import track
-from worker.flow.poll import poll_batch
+from worker.flow.outcome import BatchReport, Outcome, decide, write_outcomes
+from worker.flow.poll import load_claimed, poll_batch
 from worker.flow.tick import claim_all
-from worker.providers.client import clear_clients
+from worker.policy import PollPolicy
+from worker.providers.client import clear_clients, get_client
+from worker.providers.ratelimit import get_rate_limiter
+from worker.providers.state import PARK_AFTER_THROTTLES
 from worker.runtime.runner import describe
 from worker.settings import Settings, redact_url
 
@@ -198,23 +202,43 @@ def test_a_wrong_secret_pauses_the_provider_and_a_probe_resumes_it(
     assert {j.status for j in jobs_by_id(good).values()} == {"succeeded"}
 
 
-def test_throttling_backs_the_whole_provider_off(
+def test_one_refusal_costs_a_little_rate_not_the_provider(
     db_url: str, sim: Simulator, tmp_path: Path
 ) -> None:
+    """RequestLimitExceeded among answers: the batch goes on (the other jobs are asked), the
+    shared pace is cut a little, nothing rests, and the refused job is asked again soon."""
     settings = engine_settings(db_url, sim, tmp_path)
     sim.script("throttled", ["throttle", "done"])
     track("image_animate", "throttled", settings=settings)
     for n in range(3):
         track("image_animate", f"succeed-1-t{n}", settings=settings)
     step(settings)
+    assert sim.counters().total == 4
     with session_scope(settings) as session:
         state = session.get(ProviderState, "image_animate")
-        assert state is not None and state.throttled_until is not None
-        assert state.throttled_until > utcnow()
-    # Until the back-off ends, nothing more is asked of this provider.
-    assert sim.counters().total == 1
+        assert state is not None and state.throttled_until is None
+    rate = get_rate_limiter(settings).rate("image_animate", 1000.0)
+    assert 900.0 <= rate < 1000.0
+    jobs = jobs_by_id(settings)
+    assert jobs["throttled"].status == "pending"
+    assert jobs["throttled"].next_poll_at <= utcnow() + timedelta(seconds=2)
     drive(settings)
     assert {j.status for j in jobs_by_id(settings).values()} == {"succeeded"}
+
+
+def test_a_provider_refusing_every_call_rests(db_url: str, sim: Simulator, tmp_path: Path) -> None:
+    settings = engine_settings(db_url, sim, tmp_path)
+    for n in range(8):
+        track("image_animate", f"throttle-20-r{n}", settings=settings)
+    step(settings)
+    with session_scope(settings) as session:
+        state = session.get(ProviderState, "image_animate")
+        assert state is not None and state.consecutive_throttles == PARK_AFTER_THROTTLES
+        assert state.throttled_until is not None and state.throttled_until > utcnow()
+    # Once it rests, nothing more is asked of it until the back-off ends.
+    assert sim.counters().total == PARK_AFTER_THROTTLES
+    step(settings)
+    assert sim.counters().total == PARK_AFTER_THROTTLES
 
 
 def test_two_ticks_at_once_claim_disjoint_rows(db_url: str, sim: Simulator, tmp_path: Path) -> None:
@@ -241,11 +265,18 @@ def test_two_ticks_at_once_claim_disjoint_rows(db_url: str, sim: Simulator, tmp_
 def test_an_expired_lease_is_claimed_again_and_the_stale_batch_is_ignored(
     db_url: str, sim: Simulator, tmp_path: Path
 ) -> None:
-    settings = engine_settings(db_url, sim, tmp_path, JOBTRACKER_LEASE_SECONDS="1")
+    settings = engine_settings(
+        db_url,
+        sim,
+        tmp_path,
+        JOBTRACKER_LEASE_SECONDS="2",
+        JOBTRACKER_CONNECT_TIMEOUT="0.2",
+        JOBTRACKER_READ_TIMEOUT="0.5",
+    )
     track("image_animate", "succeed-2-lease", settings=settings)
     first = claim_all(settings)["image_animate"]  # a worker claims, then dies
     assert claim_all(settings) == {}  # leased: nobody else may take it
-    time.sleep(1.1)
+    time.sleep(2.1)
     second = claim_all(settings)["image_animate"]
     assert [c.id for c in second] == [c.id for c in first]
     # The dead worker's batch arrives late: it no longer owns the row.
@@ -327,3 +358,74 @@ def test_run_describes_a_paused_setup(sqlite_url: str, tmp_path: Path) -> None:
     assert "s3cret" not in redact_url(pg.database_url) and "hunter2" not in redact_url(
         pg.broker_url
     )
+
+
+def test_a_stale_batch_loses_its_status_move_to_the_new_holder(
+    db_url: str, sim: Simulator, tmp_path: Path
+) -> None:
+    """A batch whose lease ran out (and was claimed again) before it wrote: its terminal answer
+    must not land under the new holder's lease; the status move checks the lease too."""
+    settings = engine_settings(db_url, sim, tmp_path)
+    track("image_animate", "succeed-1-stale", settings=settings)
+    [first] = claim_all(settings)["image_animate"]
+    with session_scope(settings) as session:
+        [(job, lease)] = load_claimed(session, [(first.id, first.lease)])
+    stale = Outcome(job=job, lease=lease, polled=True)
+    stale.answer = get_client("image_animate", "ap-guangzhou", settings).query(job.job_id)
+    decide(stale, settings, PollPolicy.from_settings(settings), utcnow())
+    assert stale.to_status is not None and stale.to_status.value == "succeeded"
+    # Meanwhile the lease runs out and another worker claims the job.
+    with session_scope(settings) as session:
+        session.execute(
+            update(TrackedJob).values(
+                next_poll_at=utcnow() - timedelta(seconds=1),
+                lease_expires_at=utcnow() - timedelta(seconds=1),
+            )
+        )
+    [second] = claim_all(settings)["image_animate"]
+    report = BatchReport()
+    with session_scope(settings) as session:
+        write_outcomes(session, [stale], utcnow(), report)
+    assert report.transitions == 0
+    now = jobs_by_id(settings)["succeed-1-stale"]
+    assert (now.status, now.lease_expires_at) == ("pending", second.lease)
+
+
+def test_a_dribbling_provider_never_sees_one_job_polled_twice_at_once(
+    db_url: str, sim: Simulator, tmp_path: Path
+) -> None:
+    """Every answer dribbles (each byte within the read timeout, the whole ~2.5 s late) while
+    two workers poll the same jobs under a 2.5 s lease: each request ends at its deadline, a
+    batch stops asking before its lease runs out, so no job is ever asked twice at once."""
+    settings = engine_settings(
+        db_url,
+        sim,
+        tmp_path,
+        JOBTRACKER_LEASE_SECONDS="2.5",
+        JOBTRACKER_CONNECT_TIMEOUT="0.2",
+        JOBTRACKER_READ_TIMEOUT="1",
+        JOBTRACKER_TICK_SECONDS="0.2",
+    )
+    sim.dribble_s = 0.01
+    for n in range(6):
+        track("image_animate", f"dribble-d{n}", settings=settings)
+    stop = time.monotonic() + 7
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            while time.monotonic() < stop:
+                step(settings)
+                time.sleep(0.05)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    counters = sim.counters()
+    assert sum(counters.polls.values()) >= 6  # every job was asked, some several times
+    assert counters.overlaps == 0

@@ -22,6 +22,7 @@ TABLES = {
     "webhook_deliveries",
     "webhook_attempts",
     "provider_states",
+    "rate_limits",
 }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from models import JobStatus, ProviderState, TrackedJob, utcnow
 from tests.drive import step
@@ -89,9 +89,10 @@ def test_a_row_the_database_refuses_does_not_sink_the_batch(
     assert got["poison"] in ("pending", "succeeded")
 
 
-def test_a_throttle_is_not_cleared_by_the_batch_that_hit_it(
+def test_only_an_answer_after_a_refusal_ends_the_run_of_refusals(
     db_url: str, sim: Simulator, tmp_path: Path
 ) -> None:
+    """An answer before the refusal (same batch) does not clear it; the next answer does."""
     settings = Settings.from_env(
         {"JOBTRACKER_DATABASE_URL": db_url, "JOBTRACKER_IMAGE_ANIMATE_QPS": "1000", **sim.env()},
         cwd=tmp_path,
@@ -109,7 +110,12 @@ def test_a_throttle_is_not_cleared_by_the_batch_that_hit_it(
     with session_scope(settings) as session:
         state = session.get(ProviderState, "image_animate")
         assert state is not None and state.consecutive_throttles == 1
-        assert state.throttled_until is not None and state.throttled_until > utcnow()
+        assert state.throttled_until is None  # one refusal: the provider does not rest
+        session.execute(update(TrackedJob).values(next_poll_at=utcnow() - timedelta(seconds=1)))
+    step(settings)
+    with session_scope(settings) as session:
+        state = session.get(ProviderState, "image_animate")
+        assert state is not None and state.consecutive_throttles == 0
 
 
 def test_a_job_that_finishes_by_its_deadline_gets_its_real_status(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -349,3 +351,43 @@ def test_no_secret_in_logs_errors_or_reprs(
     for text in [logged, *texts]:
         assert SECRET_KEY not in text
         assert "Signature=" not in text
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_dribbled_answer_is_cut_at_the_request_deadline(sim: Simulator, tmp_path: Path,
+                                                          kind: str) -> None:  # fmt: skip
+    """Each byte arrives well within the read timeout, the whole answer ~20 s late: the request
+    ends at connect + read timeout (0.3 + 0.5 s) as a transport timeout, whatever the reads do."""
+    sim.dribble_s = 0.1
+    settings = make_settings(
+        sim, tmp_path, JOBTRACKER_READ_TIMEOUT="0.5", JOBTRACKER_CONNECT_TIMEOUT="0.3"
+    )
+    started = time.monotonic()
+    error = query_error(kind, "dribble-x", settings)
+    elapsed = time.monotonic() - started
+    assert (type(error), error.code) == (TransientProviderError, "Transport.Timeout")
+    assert "within 0.8 s" in error.message
+    assert elapsed < 2.0, elapsed
+    # The client still works for the next job (the cut connection is not reused).
+    assert query(kind, "succeed-1-after-dribble", settings).status == JobStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize("step", ["huge", "gzipbomb"])
+def test_an_oversized_answer_is_refused_while_it_streams(
+    sim: Simulator, tmp_path: Path, step: str
+) -> None:
+    """64 MiB of JSON without a Content-Length, or 256 KiB of gzip that inflates to 256 MiB:
+    reading stops past the 1 MiB cap, so neither the network nor memory pays for the rest."""
+    # A generous deadline: the cap, not the clock, must end it.
+    settings = make_settings(sim, tmp_path, JOBTRACKER_READ_TIMEOUT="10")
+    tracemalloc.start()
+    try:
+        error = query_error("image_animate", f"{step}-x", settings)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (type(error), error.code) == (UnexpectedAnswer, "Transport.BadAnswer")
+    assert "too large" in error.message
+    assert peak < 16 * 1024 * 1024, f"{peak / 2**20:.1f} MiB held while reading"
+    if step == "huge":
+        assert sim.counters().bytes_sent < 16 * 1024 * 1024  # stopped reading early

@@ -1,66 +1,111 @@
-"""The shared rate limit holds across workers (threads with separate Redis clients)."""
+"""The shared pace holds across workers, in Redis and in the database (threads with separate
+connections stand for workers), and a refusal seen by one worker slows them all."""
 
 from __future__ import annotations
 
 import itertools
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
-from worker.providers.ratelimit import RateLimiter, RedisRateLimiter, slot_times
+import pytest
+
+from worker.providers.ratelimit import (
+    DatabaseStore,
+    RateLimiter,
+    RedisStore,
+    Store,
+    get_rate_limiter,
+)
+from worker.settings import Settings
+
+
+@pytest.fixture(params=["redis", "postgresql", "sqlite"])
+def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
+    """A factory: each call is another worker's own connection to the shared pace."""
+    if request.param == "redis":
+        url = str(request.getfixturevalue("redis_url"))
+        return lambda: RedisStore(url)
+    db_url = str(
+        request.getfixturevalue("pg_url" if request.param == "postgresql" else "sqlite_url")
+    )
+    settings = Settings.from_env({"JOBTRACKER_DATABASE_URL": db_url}, cwd=tmp_path)
+    return lambda: DatabaseStore(settings)
 
 
 def acquire(limiter: RateLimiter, key: str, qps: float, max_wait_s: float) -> bool:
     """One slot, waited for (what a poll does per job); False if none within max_wait_s."""
-    slots = slot_times(limiter, key, qps, 1, max_wait_s)
-    if slots:
-        time.sleep(max(0.0, slots[0] - time.monotonic()))
-    return bool(slots)
+    slots = limiter.reserve(key, qps, 1, max_wait_s=max_wait_s, span_s=0)
+    if slots.instants:
+        time.sleep(max(0.0, slots.instants[0] - time.monotonic()))
+    return bool(slots.instants)
 
 
-def test_workers_together_never_exceed_the_limit(redis_url: str) -> None:
-    qps, duration = 40.0, 1.5
+def test_workers_together_never_exceed_the_limit(new_store: Callable[[], Store]) -> None:
+    qps, duration = 20.0, 2.0
     stamps: list[float] = []
     lock = threading.Lock()
     stop = time.monotonic() + duration
 
     def worker() -> None:
-        limiter = RedisRateLimiter(redis_url)  # each "worker" its own connection
+        limiter = RateLimiter(new_store())  # each "worker" its own connection
         while time.monotonic() < stop:
             if acquire(limiter, "video_face_fusion", qps, max_wait_s=0.5):
                 with lock:
                     stamps.append(time.monotonic())
 
-    threads = [threading.Thread(target=worker) for _ in range(6)]
+    threads = [threading.Thread(target=worker) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     stamps.sort()
-    # In any one-second window, at most qps calls (+1 for the window's closed ends).
+    # In any one-second window, at most qps calls: slots keep a margin below the rate.
     worst = max(sum(1 for s in stamps if start <= s < start + 1.0) for start in stamps)
-    assert worst <= qps + 1, worst
+    assert worst <= qps, worst
     # And the limit is used, not starved: close to qps per second overall.
     rate = len(stamps) / (stamps[-1] - stamps[0])
-    assert rate >= qps * 0.8, rate
+    assert rate >= qps * 0.85, rate
 
 
-def test_a_slot_too_far_away_is_refused_not_reserved(redis_url: str) -> None:
-    limiter = RedisRateLimiter(redis_url)
+def test_a_slot_too_far_away_is_refused_not_reserved(new_store: Callable[[], Store]) -> None:
+    limiter = RateLimiter(new_store())
     assert acquire(limiter, "image_animate", 1.0, max_wait_s=0.0)
     started = time.monotonic()
     assert not acquire(limiter, "image_animate", 1.0, max_wait_s=0.1)
-    assert time.monotonic() - started < 0.1
+    assert time.monotonic() - started < 0.5
 
 
-def test_a_batch_reserves_its_slots_in_one_call(redis_url: str) -> None:
-    """Slots of one batch and of a concurrent one interleave without overlapping."""
-    a, b = RedisRateLimiter(redis_url), RedisRateLimiter(redis_url)
-    first = slot_times(a, "k", 10.0, 5, max_wait_s=10)
-    second = slot_times(b, "k", 10.0, 5, max_wait_s=10)
-    assert len(first) == len(second) == 5
-    everything = sorted(first + second)
+def test_batches_share_slots_and_a_refusal_slows_every_worker(
+    new_store: Callable[[], Store],
+) -> None:
+    a, b = RateLimiter(new_store()), RateLimiter(new_store())
+    first = a.reserve("k", 10.0, 5, max_wait_s=10, span_s=1)
+    second = b.reserve("k", 10.0, 5, max_wait_s=10, span_s=1)
+    assert len(first.instants) == len(second.instants) == 5
+    everything = sorted(first.instants + second.instants)
     gaps = [y - x for x, y in itertools.pairwise(everything)]
     assert min(gaps) >= 0.1 - 0.01  # never two slots closer than 1/qps
-    assert second[0] >= first[-1] + 0.1 - 0.01
-    # Only what fits within max_wait is reserved.
-    assert len(slot_times(a, "k", 10.0, 50, max_wait_s=0.5)) <= 6
+    # Worker a is refused once: worker b's next slots come at the lower rate.
+    assert a.report("k", 10.0, throttled=1) == pytest.approx(9.5)
+    assert b.rate("k", 10.0) == pytest.approx(9.5)
+    assert b.reserve("k", 10.0, 3, max_wait_s=10, span_s=1).interval == pytest.approx(
+        1 / (9.5 * 0.98)
+    )
+    # Answers win the rate back, never above the configured ceiling.
+    assert b.report("k", 10.0, ok=1000) == 10.0
+
+
+def test_the_limiter_is_shared_whatever_the_broker(tmp_path: Path, redis_url: str) -> None:
+    """Redis when the broker is Redis; the database for any other broker (and the embedded
+    default), never a per-process limiter that each worker would spend in full."""
+    sqlite = f"sqlite:///{tmp_path / 'x.db'}"
+    for broker, kind in [
+        (redis_url, RedisStore),
+        ("amqp://guest@localhost//", DatabaseStore),
+        ("filesystem://", DatabaseStore),
+    ]:
+        env = {"JOBTRACKER_DATABASE_URL": sqlite, "JOBTRACKER_BROKER_URL": broker}
+        limiter = get_rate_limiter(Settings.from_env(env, cwd=tmp_path))
+        assert isinstance(limiter.store, kind), broker

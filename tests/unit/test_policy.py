@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from collections import deque
+
 import pytest
 
-from worker.policy import PollPolicy, ProviderBackoff
-from worker.providers.ratelimit import LocalRateLimiter
+from worker.policy import PollPolicy, ProviderBackoff, RatePolicy
+from worker.providers.ratelimit import learn, plan
 
 
 def test_poll_delay_grows_then_settles_at_the_maximum() -> None:
@@ -40,21 +42,73 @@ def test_provider_throttle_and_probe_backoff() -> None:
     assert backoff.probe_delay(10_000) == backoff.probe_max_s
 
 
-def test_local_rate_limiter_spaces_slots_evenly() -> None:
-    limiter = LocalRateLimiter()
-    assert [limiter.reserve_at("k", 10, 1, 1, now=100.0) for _ in range(3)] == [
-        (0.0, 1),
-        (pytest.approx(0.1), 1),
-        (pytest.approx(0.2), 1),
-    ]
-    # A batch takes as many slots as fit within max_wait, in one call.
-    wait, count = limiter.reserve_at("k", 10, 50, 1, now=100.0)
-    assert (wait, count) == (pytest.approx(0.3), 8)  # 0.3, 0.4, ..., 1.0
+def test_the_pace_spaces_slots_evenly_without_banking_idle_time() -> None:
+    policy = RatePolicy(margin=0.0)
+    pace = None
+    slots = []
+    for _ in range(3):
+        pace, wait, count, _ = plan(pace, 100.0, 10, 1, max_wait_s=1, span_s=0, policy=policy)
+        slots.append((wait, count))
+    assert slots == [(0.0, 1), (pytest.approx(0.1), 1), (pytest.approx(0.2), 1)]
+    # A batch takes as many slots as fit within the span, in one call.
+    pace, wait, count, _ = plan(pace, 100.0, 10, 50, max_wait_s=1, span_s=0.25, policy=policy)
+    assert (wait, count) == (pytest.approx(0.3), 3)  # 0.3, 0.4, 0.5
     # A slot further away than max_wait is refused, not reserved.
-    assert limiter.reserve_at("k", 10, 1, 0.95, now=100.0)[1] == 0
-    assert limiter.reserve_at("k", 10, 1, 2, now=100.0) == (pytest.approx(1.1), 1)
+    assert plan(pace, 100.0, 10, 1, max_wait_s=0.55, span_s=0, policy=policy)[2] == 0
     # Idle time is not banked: after a pause, no burst.
-    assert limiter.reserve_at("k", 10, 3, 0, now=200.0) == (0.0, 1)
-    assert limiter.reserve_at("k", 10, 1, 1, now=200.0) == (pytest.approx(0.1), 1)
-    # Keys are independent.
-    assert limiter.reserve_at("other", 10, 1, 1, now=100.0) == (0.0, 1)
+    pace, wait, count, _ = plan(pace, 200.0, 10, 3, max_wait_s=0, span_s=0, policy=policy)
+    assert (wait, count) == (0.0, 1)
+
+
+def test_the_pace_keeps_a_margin_below_the_rate() -> None:
+    """Slots 1 / (rate * 0.98) apart: no 1-second window holds more than the rate."""
+    _, _, count, interval = plan(None, 0.0, 20, 100, max_wait_s=1, span_s=1, policy=RatePolicy())
+    assert interval == pytest.approx(1 / 19.6)
+    assert count == 20  # 0 .. 19 * 51 ms, all within the first second
+
+
+def test_one_refusal_costs_a_little_rate_and_successes_win_it_back() -> None:
+    policy = RatePolicy()
+    pace = learn(None, 0.0, 20, ok=100, throttled=0, policy=policy)
+    assert pace.rate == 20  # never above the ceiling
+    pace = learn(pace, 0.0, 20, ok=0, throttled=1, policy=policy)
+    assert pace.rate == pytest.approx(19.0) and pace.learned == 20
+    # Near the rate that was refused, the climb is slow: 0.2 calls/s per second of successes.
+    climbed = learn(pace, 0.0, 20, ok=19, throttled=0, policy=policy)
+    assert climbed.rate == pytest.approx(19.2, abs=0.02)
+    # Refusals in a row (a window still full) cut further but do not lower what was learned,
+    # so the climb back is fast below it: a quarter of the ceiling per second.
+    low = learn(pace, 0.0, 20, ok=0, throttled=20, policy=policy)
+    assert low.rate < 8 and low.learned == 20
+    # About one second of successes at that rate: +5 calls/s, less the rounding of ok.
+    assert learn(low, 0.0, 20, ok=int(low.rate), throttled=0, policy=policy).rate > low.rate + 3
+    # Never below the floor, whatever the refusals.
+    assert learn(low, 0.0, 20, ok=0, throttled=500, policy=policy).rate == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("configured", [20.0, 50.0])
+def test_against_a_strict_window_the_pace_settles_near_the_real_limit(configured: float) -> None:
+    """A simulation of the pace (no clock, no I/O) against a provider that refuses the 21st call
+    of any 1-second window: configured right, nothing is refused; configured 2.5 times too high,
+    it settles near 20 within seconds, with few refusals afterwards."""
+    policy = RatePolicy()
+    pace, now, window = None, 0.0, deque[float]()
+    calls: list[tuple[float, bool]] = []
+    while now < 120.0:
+        pace, wait, _, _ = plan(pace, now, configured, 1, max_wait_s=10, span_s=0, policy=policy)
+        now += wait
+        while window and window[0] <= now - 1.0:
+            window.popleft()
+        refused = len(window) >= 20
+        if not refused:
+            window.append(now)
+        calls.append((now, refused))
+        pace = learn(pace, now, configured, ok=0 if refused else 1, throttled=int(refused),
+                     policy=policy)  # fmt: skip
+    later = [refused for at, refused in calls if at >= 10.0]
+    rate = len(later) / 110.0
+    refused_share = sum(later) / len(later)
+    if configured == 20.0:
+        assert sum(r for _, r in calls) == 0 and rate >= 19.5
+    else:
+        assert rate >= 18.0 and refused_share <= 0.03, (rate, refused_share)

@@ -208,6 +208,8 @@ class Demo:
             "JOBTRACKER_NOT_FOUND_GRACE": "2",
             "JOBTRACKER_JOB_DEADLINE": str(DEADLINE_S),
             "JOBTRACKER_LEASE_SECONDS": "10",
+            "JOBTRACKER_CONNECT_TIMEOUT": "1",
+            "JOBTRACKER_READ_TIMEOUT": "4",
             "JOBTRACKER_LOG_FORMAT": "text",
             "JOBTRACKER_LOG_LEVEL": "INFO",
         }

@@ -187,6 +187,7 @@ def write_outcomes(
                     request_id=request_id,
                     reason=outcome.reason,
                     values=values,
+                    lease=outcome.lease,
                 )
             )
             continue

@@ -1,17 +1,21 @@
 """Poll a batch of claimed jobs: ask the provider for each, then write every outcome at once.
 
-Per job: wait for a rate-limit slot, query, classify the answer (:mod:`worker.flow.outcome`
-decides what it means). The provider's client (and its connections) is shared by the batch; the
-writes go in one transaction at the end. A throttled or misconfigured provider stops the batch
-early; the jobs not yet polled are released to poll again when the provider may be asked.
+Per job: wait for a slot of the provider's shared pace, query, classify the answer
+(:mod:`worker.flow.outcome` decides what it means). The provider's client (and its connections)
+is shared by the batch; the writes go in one transaction at the end.
+
+The claim's lease is a promise for the whole poll: a job is asked only if its answer can come
+(each request is bounded as a whole: connect + read timeout) and be written before the lease
+runs out, so no other worker can claim it meanwhile. What cannot be asked in time, and what a
+paused provider or a process shutting down leaves, is released to poll again soon.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
-from collections import deque
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,7 +24,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from models import ACTIVE_STATUSES, TrackedJob
-from worker import clock
+from worker import clock, http
 from worker.db import session_scope
 from worker.errors import ErrorClass, ProviderError, ThrottledError
 from worker.flow.outcome import (
@@ -37,16 +41,25 @@ from worker.policy import PollPolicy
 from worker.providers import state as provider_state
 from worker.providers.client import ProviderClient, get_client
 from worker.providers.normalize import effective_error_class
-from worker.providers.ratelimit import get_rate_limiter, slot_times
+from worker.providers.ratelimit import Pacer, get_rate_limiter
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: How long a batch may wait for its rate-limit slots, in ticks; jobs whose slot would come later
-#: are released to a later tick instead of holding a worker thread asleep.
+#: How long a batch may wait for its next rate-limit slot, in ticks; jobs whose slot would come
+#: later are released to a later tick instead of holding a worker thread asleep.
 MAX_SLOT_WAIT_TICKS = 2.0
-#: A released job (not polled: provider throttled, paused, or out of slots) is due again after.
+#: A released job (not polled: provider paused, out of slots, lease too short) is due again after.
 RELEASE_DELAY_S = 1.0
+
+_stopping = threading.Event()
+
+
+def stop_soon() -> None:
+    """The process is shutting down: every batch stops asking, the requests under way are cut,
+    and each batch writes what it has (the polls that were answered, the rest released)."""
+    _stopping.set()
+    http.cut_all()
 
 
 def load_claimed(
@@ -88,46 +101,71 @@ def _poll_batch(
     report.skipped = len(claims) - len(owned)
     probing = state is not None and state.paused
     client: ProviderClient | None = None
-    limiter = get_rate_limiter(settings.broker_url)
+    pacer = Pacer(
+        get_rate_limiter(settings),
+        kind,
+        settings.qps[kind],
+        max_wait_s=settings.tick_seconds * MAX_SLOT_WAIT_TICKS,
+    )
+    # A request may take connect + read timeout in all, and the batch must still be written.
+    needed_s = settings.request_deadline_s + settings.lease_margin_s
     stop_until: datetime | None = None
     outcomes: list[Outcome] = []
     provider_ok = False
+    answered_last = False
 
-    slots: deque[float] = deque()
-    max_wait = settings.tick_seconds * MAX_SLOT_WAIT_TICKS
     for index, (job, lease) in enumerate(owned):
         now = clock.now(settings)
         outcome = Outcome(job=job, lease=lease)
         outcomes.append(outcome)
-        if stop_until is not None:
-            outcome.next_poll_at = stop_until
-            expire_if_overdue(outcome, settings, now)  # cannot ask the provider: give up on time
+        if stop_until is not None or _stopping.is_set():
+            # Paused or resting: cannot ask; shutting down: another worker asks right away.
+            _release(outcome, settings, now, at=stop_until or now)
             continue
-        if not slots:
-            # Slots for the rest of the batch in one call (one Redis round trip per batch).
-            try:
-                slots.extend(
-                    slot_times(limiter, kind, settings.qps[kind], len(owned) - index, max_wait)
-                )
-            except Exception as exc:  # the shared limiter (Redis) is down: do not poll blind
-                log.warning("rate limiter unavailable: %s", exc)
-                stop_until = now + timedelta(seconds=RELEASE_DELAY_S * (1 + rand()))
-        if not slots:
-            outcome.next_poll_at = stop_until or now + timedelta(
-                seconds=RELEASE_DELAY_S * (1 + rand())
+        try:
+            slot = pacer.next_slot(len(owned) - index)
+        except Exception as exc:  # the shared limiter is away: do not poll blind
+            log.warning("rate limiter unavailable: %s", exc)
+            stop_until = now + timedelta(seconds=RELEASE_DELAY_S * (1 + rand()))
+            _release(outcome, settings, now, at=stop_until)
+            continue
+        # The lease in this process's time: the answer must come and be written before it ends.
+        lease_left_s = (lease - now).total_seconds()
+        if slot is None or slot - time.monotonic() + needed_s > lease_left_s:
+            _release(
+                outcome, settings, now, at=now + timedelta(seconds=RELEASE_DELAY_S * (1 + rand()))
             )
-            expire_if_overdue(outcome, settings, now)
             continue
-        time.sleep(max(0.0, slots.popleft() - time.monotonic()))
+        if _stopping.wait(max(0.0, slot - time.monotonic())):
+            _release(outcome, settings, now, at=now)
+            continue
         outcome.polled = True
         with log_context(job_id=job.job_id, tracked_job_id=job.id):
-            client, stop_until, ok = _ask(kind, region, client, outcome, settings)
+            client, stop_until, ok = _ask(kind, region, client, outcome, pacer, settings)
+        if _stopping.is_set() and outcome.error is not None and outcome.answer is None:
+            # Cut by the shutdown, not failed by the provider: not a poll.
+            outcome.polled, outcome.error, outcome.error_class = False, None, None
+            _release(outcome, settings, now, at=now)
+            continue
         provider_ok = provider_ok or ok
+        answered_last = not isinstance(outcome.error, ThrottledError)
         decide(outcome, settings, policy, clock.now(settings))
         metrics.record_poll(kind, outcome.error, outcome.error_class)
 
-    _finish(kind, outcomes, settings, report, resume=probing and provider_ok)
+    pacer.close()
+    metrics.PROVIDER_RATE.labels(kind).set(pacer.rate)
+    if pacer.dropped:
+        metrics.SLOTS_DROPPED.labels(kind).inc(pacer.dropped)
+    _finish(
+        kind, outcomes, settings, report, resume=probing and provider_ok, answered=answered_last
+    )
     return report
+
+
+def _release(outcome: Outcome, settings: Settings, now: datetime, *, at: datetime) -> None:
+    """Not asked in this batch: due again ``at`` (expired instead, past its deadline)."""
+    outcome.next_poll_at = at
+    expire_if_overdue(outcome, settings, now)
 
 
 def _ask(
@@ -135,12 +173,13 @@ def _ask(
     region: str,
     client: ProviderClient | None,
     outcome: Outcome,
+    pacer: Pacer,
     settings: Settings,
 ) -> tuple[ProviderClient | None, datetime | None, bool]:
     """Query the provider for one job; fill in the outcome's answer or error.
 
-    Returns the client (built on first use), until when the whole provider must rest (throttled,
-    paused) and whether the provider answered sensibly.
+    Returns the client (built on first use), until when the whole provider must rest (paused,
+    or refusing every call) and whether the provider answered sensibly.
     """
     job = outcome.job
     stop_until: datetime | None = None
@@ -151,6 +190,7 @@ def _ask(
         with metrics.POLL_SECONDS.labels(kind).time():
             outcome.answer = client.query(job.job_id, now=clock.now(settings))
         provider_ok = True
+        pacer.answered()
     except ProviderError as error:
         outcome.error = error
         age_s = (clock.now(settings) - job.created_at).total_seconds()
@@ -158,15 +198,21 @@ def _ask(
             error, job_age_s=age_s, grace_s=settings.not_found_grace_s
         )
         if isinstance(error, ThrottledError):
+            rate = pacer.refused()
             with session_scope(settings) as session:
-                stop_until = provider_state.throttle(session, kind, clock.now(settings))
-            outcome.next_poll_at = stop_until
+                stop_until = provider_state.throttle(session, kind, clock.now(settings), rate=rate)
+            # Asked again soon, at the new pace (or when the provider rests no more).
+            outcome.next_poll_at = stop_until or clock.now(settings) + timedelta(
+                seconds=RELEASE_DELAY_S
+            )
         elif outcome.error_class is ErrorClass.CONFIGURATION:
             with session_scope(settings) as session:
                 stop_until = provider_state.pause(session, kind, str(error), clock.now(settings))
             outcome.next_poll_at = stop_until
         else:
             provider_ok = outcome.error_class is ErrorClass.JOB_TERMINAL
+            if error.request_id is not None:
+                pacer.answered()  # the provider answered (an error): the call was let through
         # Configuration errors are logged loudly once, by provider_state.pause.
         log.info(
             "poll failed: %s",
@@ -181,7 +227,13 @@ def _ask(
 
 
 def _finish(
-    kind: str, outcomes: list[Outcome], settings: Settings, report: BatchReport, *, resume: bool
+    kind: str,
+    outcomes: list[Outcome],
+    settings: Settings,
+    report: BatchReport,
+    *,
+    resume: bool,
+    answered: bool,
 ) -> None:
     """Write the batch in one transaction; if the database refuses it, job by job, so that one
     outcome it cannot store (whatever the exception) never sinks its neighbours."""
@@ -189,7 +241,7 @@ def _finish(
     try:
         with session_scope(settings) as session:
             write_outcomes(session, outcomes, now, report)
-            _provider_news(session, kind, outcomes, now, resume=resume)
+            _provider_news(session, kind, now, resume=resume, answered=answered)
         return
     except Exception as exc:
         if _database_away(exc):
@@ -221,18 +273,17 @@ def _finish(
                 raise
             log.exception("could not record a poll; its lease runs out and it is polled again")
     with session_scope(settings) as session:
-        _provider_news(session, kind, outcomes, now, resume=resume)
+        _provider_news(session, kind, now, resume=resume, answered=answered)
 
 
 def _provider_news(
-    session: Session, kind: str, outcomes: list[Outcome], now: datetime, *, resume: bool
+    session: Session, kind: str, now: datetime, *, resume: bool, answered: bool
 ) -> None:
-    """What the batch says of the whole provider: a probe that worked resumes it, answers with
-    no throttle clear its throttle count."""
+    """What the batch says of the whole provider: a probe that worked resumes it; an answer
+    after the last refusal ends the run of refusals."""
     if resume:
         provider_state.resume(session, kind, now)
-    throttled = any(isinstance(o.error, ThrottledError) for o in outcomes)
-    if not throttled and any(o.answer is not None for o in outcomes):
+    if answered:
         provider_state.clear_throttle(session, kind, now)
 
 

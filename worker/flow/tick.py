@@ -29,6 +29,7 @@ from worker.flow.leases import claim
 from worker.flow.transition import JOBS, Move, expiry, transition_many
 from worker.ops import metrics
 from worker.ops.inspection import unpollable
+from worker.providers.ratelimit import get_rate_limiter
 from worker.providers.state import load_states, take_probe
 from worker.providers.table import PROVIDERS
 from worker.settings import Settings
@@ -68,14 +69,23 @@ class Batch:
     claims: list[Claim]
 
 
-def claim_limit(settings: Settings, kind: str) -> int:
-    """What the rate limit lets one kind poll before the next tick.
+def claim_limit(settings: Settings, kind: str, rate: float | None = None) -> int:
+    """What the provider's pace (``rate``, its configured QPS by default) lets one kind poll
+    before the next tick.
 
     No more: jobs claimed beyond that would hold worker threads asleep waiting for rate-limit
     slots, starving the other kinds' polls.
     """
-    per_tick = settings.qps[kind] * settings.tick_seconds
+    per_tick = (settings.qps[kind] if rate is None else rate) * settings.tick_seconds
     return max(1, min(MAX_CLAIM_PER_KIND, math.ceil(per_tick)))
+
+
+def _rate(settings: Settings, kind: str) -> float | None:
+    try:
+        return get_rate_limiter(settings).rate(kind, settings.qps[kind])
+    except Exception as exc:  # the shared limiter is away; the batches will say so too
+        log.debug("cannot read the provider's pace: %s", exc)
+        return None
 
 
 def claim_due(
@@ -103,12 +113,15 @@ def claim_due(
 def claim_all(settings: Settings, now: datetime | None = None) -> dict[str, list[Claim]]:
     """One tick's claims per kind, committed; throttled kinds are skipped, paused ones probed."""
     now = now or clock.now(settings)
+    # Read before the claim's transaction: the pace may live in this same database (SQLite
+    # would make the second writer wait for the first, in this very thread).
+    rates = {kind: _rate(settings, kind) for kind in PROVIDERS}
     claims: dict[str, list[Claim]] = {}
     with session_scope(settings) as session:
         states = load_states(session)
         for kind in PROVIDERS:
             state = states.get(kind)
-            limit = claim_limit(settings, kind)
+            limit = claim_limit(settings, kind, rates[kind])
             if state is not None:
                 if state.is_throttled(now):
                     continue
@@ -161,7 +174,17 @@ def expire_unreachable(settings: Settings, now: datetime | None = None) -> int:
             for job in overdue:
                 assert job.deadline_at is not None  # selected on it
                 reason, values = expiry(job.deadline_at, why)
-                moves.append(Move(job, JobStatus.EXPIRED, reason=reason, values=values))
+                # The lease as read (none, or one that ran out): a poll that claims the job
+                # meanwhile wins.
+                moves.append(
+                    Move(
+                        job,
+                        JobStatus.EXPIRED,
+                        reason=reason,
+                        values=values,
+                        lease=job.lease_expires_at,
+                    )
+                )
             applied, _ = transition_many(session, moves, now=now)
             expired += len(applied)
     return expired

@@ -58,7 +58,13 @@ WRITABLE = (
 )
 _MOVE = (
     update(JOBS)
-    .where(JOBS.c.id == bindparam("m_id"), JOBS.c.status == bindparam("m_from"))
+    .where(
+        JOBS.c.id == bindparam("m_id"),
+        JOBS.c.status == bindparam("m_from"),
+        # The mover still holds the lease it had (or no lease was held): a batch whose lease
+        # ran out and was claimed again loses to the new holder.
+        JOBS.c.lease_expires_at.is_not_distinct_from(bindparam("m_lease")),
+    )
     .values(
         status=bindparam("m_to"),
         updated_at=bindparam("m_now"),
@@ -94,6 +100,8 @@ class Move:
     reason: str | None = None
     #: Further columns to set in the same UPDATE (result, error, poll counters...).
     values: dict[str, Any] = field(default_factory=dict)
+    #: The lease the mover holds on the job (None: it holds none, and nobody else may either).
+    lease: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -142,7 +150,13 @@ def transition_many(
         if move.to_status.is_terminal:
             columns.update(finished_at=now, lease_expires_at=None)
         params = {f"m_{name}": value for name, value in columns.items()}
-        params.update(m_id=job.id, m_from=from_status.value, m_to=move.to_status.value, m_now=now)
+        params.update(
+            m_id=job.id,
+            m_from=from_status.value,
+            m_to=move.to_status.value,
+            m_now=now,
+            m_lease=move.lease,
+        )
         if conn.execute(_MOVE, params).rowcount != 1:
             conflicts.append(move)
             continue

@@ -30,7 +30,7 @@ import logging
 import threading
 from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -74,6 +74,17 @@ DELIVERY_SECONDS = Histogram(
     "jobtracker_delivery_duration_seconds",
     "Time one callback attempt took, until the receiver's answer or the error.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0),
+)
+PROVIDER_RATE = Gauge(
+    "jobtracker_provider_rate",
+    "Calls per second this process last saw allowed by the provider's shared pace (at most "
+    "the configured QPS; less after refusals), by kind.",
+    ["kind"],
+)
+SLOTS_DROPPED = Counter(
+    "jobtracker_rate_slots_dropped",
+    "Rate-limit slots a batch reached too late and dropped rather than call late, by kind.",
+    ["kind"],
 )
 TICK_SECONDS = Histogram(
     "jobtracker_tick_duration_seconds",

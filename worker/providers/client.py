@@ -28,7 +28,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 from tencentcloud.common.common_client import CommonClient
 from tencentcloud.common.credential import Credential
 from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
@@ -42,6 +41,7 @@ from worker.errors import (
     TransientProviderError,
     UnexpectedAnswer,
 )
+from worker.http import AnswerTooLarge, DeadlineAdapter, deadline, read_capped
 from worker.jsonsafe import finite_float, no_constant
 from worker.providers.normalize import Answer, normalize
 from worker.providers.table import PROVIDERS, ProviderSpec
@@ -74,6 +74,8 @@ class ProviderClient:
         self.endpoint = f"{parts.scheme}://{parts.netloc}"
         self._url = self.endpoint + "/"
         self._timeout = (settings.connect_timeout_s, settings.read_timeout_s)
+        #: The most one request may take in all: connecting, then reading the whole answer.
+        self.request_deadline_s = settings.request_deadline_s
         self._built_from = _built_from(spec, settings)
         try:
             credential = Credential(settings.secret_id, settings.secret_key)
@@ -92,7 +94,7 @@ class ProviderClient:
         )
         self._sdk = CommonClient(spec.service, spec.version, credential, region, profile)
         self._session = requests.Session()
-        adapter = HTTPAdapter(
+        adapter = DeadlineAdapter(
             pool_connections=1, pool_maxsize=max(10, settings.worker_concurrency), max_retries=0
         )
         self._session.mount("http://", adapter)
@@ -160,22 +162,52 @@ class ProviderClient:
                 f"{self.spec.action}: the SDK could not sign the request ({exc.get_code()})",
                 code="Config.SigningFailed",
             ) from None
-        try:
-            response = self._session.post(
-                self._url, data=request.data, headers=request.header, timeout=self._timeout
-            )
-        except requests.Timeout as exc:
-            raise self._transport("Transport.Timeout", "timed out", exc) from None
-        except requests.exceptions.SSLError as exc:
-            raise self._transport("Transport.TLSError", "TLS failed", exc) from None
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-            raise self._transport("Transport.ConnectionError", "connection failed", exc) from None
-        except Exception as exc:  # anything else from the HTTP stack is a transport fault too
-            raise self._transport("Transport.Error", "request failed", exc) from None
-        try:
-            return response.status_code, response.headers.get("Content-Type", ""), response.content
-        finally:
-            response.close()
+        # One deadline for the whole exchange: a gateway that dribbles its answer (each read
+        # within the read timeout) must not hold the batch, and with it the jobs' leases.
+        with deadline(self.request_deadline_s) as watchdog:
+            try:
+                response = self._session.post(
+                    self._url,
+                    data=request.data,
+                    headers=request.header,
+                    timeout=self._timeout,
+                    stream=True,
+                )
+                try:
+                    body = read_capped(response, MAX_BODY_BYTES)
+                    if not watchdog.fired:
+                        response.raw.release_conn()  # read to its end: the socket can be reused
+                finally:
+                    response.close()
+            except AnswerTooLarge as exc:
+                raise UnexpectedAnswer(
+                    f"{self.spec.action}: the answer is too large ({exc})",
+                    code="Transport.BadAnswer",
+                ) from None
+            except requests.Timeout as exc:
+                raise self._transport("Transport.Timeout", "timed out", exc) from None
+            except Exception as exc:
+                if watchdog.fired:
+                    raise self._late() from None
+                raise self._classify(exc) from None
+            if watchdog.fired:  # the shutdown may have cut the answer short without an error
+                raise self._late()
+        return response.status_code, response.headers.get("Content-Type", ""), body
+
+    def _late(self) -> ProviderError:
+        return TransientProviderError(
+            f"{self.spec.action} at {self.endpoint}: no complete answer within "
+            f"{self.request_deadline_s:g} s",
+            code="Transport.Timeout",
+        )
+
+    def _classify(self, exc: Exception) -> ProviderError:
+        if isinstance(exc, requests.exceptions.SSLError):
+            return self._transport("Transport.TLSError", "TLS failed", exc)
+        if isinstance(exc, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
+            return self._transport("Transport.ConnectionError", "connection failed", exc)
+        # Anything else from the HTTP stack (a protocol error mid-body...) is a transport fault.
+        return self._transport("Transport.Error", "request failed", exc)
 
     def _transport(self, code: str, what: str, exc: Exception) -> ProviderError:
         # The exception text names the URL and the socket error; requests never puts headers in it.
@@ -191,8 +223,6 @@ _UNDECODABLE = object()
 
 
 def _decode(body: bytes) -> Any:
-    if len(body) > MAX_BODY_BYTES:
-        return _UNDECODABLE
     try:
         # NaN, Infinity and numbers too large for a float decode as None (see worker.jsonsafe).
         return json.loads(body, parse_constant=no_constant, parse_float=finite_float)

@@ -1,111 +1,338 @@
-"""A per-provider rate limit shared by every worker.
+"""Each provider's pace, shared by every worker: when the next calls may go, and how fast.
 
-GCRA (the "virtual scheduling" form of a token bucket): calls take the next free slots, slots are
-``1 / qps`` apart, and a caller sleeps until its slot. With Redis the slot pointer lives in one
-key that every worker moves atomically (a Lua script on the server's clock), so all workers
-together never exceed the limit. Without Redis (the embedded broker: one process) the same
-arithmetic runs under a lock.
+The pace is a slot pointer (the GCRA "theoretical arrival time": the next free slot) and an
+adaptive rate (:class:`~worker.policy.RatePolicy`: never above the configured QPS, cut a little on
+each ``RequestLimitExceeded``, raised back with each success). A poll batch reserves a short run
+of slots (:meth:`RateLimiter.reserve`, a fraction of a second's worth, so a cut takes effect at
+once), calls at each slot, drops a slot it reached too late, and reports how the calls went
+(:meth:`RateLimiter.report`).
 
-A poll batch reserves the slots for all its jobs in one call (one Redis round trip per batch,
-not per poll), as many as fit within ``max_wait_s``. Slots are spaced evenly with no burst,
-because the provider counts requests per second: a burst at a second boundary would be throttled
-even when the average is under the limit.
+The arithmetic is one pure function pair (:func:`plan`, :func:`learn`); where the pace lives is
+a store that applies them atomically on its own clock:
+
+- :class:`RedisStore` when the broker is Redis (one hash per provider, an optimistic
+  WATCH/MULTI transaction, Redis's clock);
+- :class:`DatabaseStore` otherwise (the ``rate_limits`` table, a row lock, the database's clock),
+  so workers sharing any other broker, or the embedded default, still share one limit;
+- :class:`LocalStore` in one process (tests, and the pure arithmetic).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, TypeVar
 
 import redis
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 
-#: Reserve up to ARGV[3] slots ARGV[1] microseconds apart, all within ARGV[2] microseconds from
-#: now; return {wait before the first slot, slots reserved} (0 slots: the next is too far away).
-_GCRA_LUA = """
-local interval = tonumber(ARGV[1])
-local max_wait = tonumber(ARGV[2])
-local want = tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local wait = tat - now
-if wait > max_wait then return {wait, 0} end
-local n = math.min(want, math.floor((max_wait - wait) / interval) + 1)
-local until_us = tat + n * interval
-redis.call('SET', KEYS[1], tostring(until_us), 'PX', math.floor((until_us - now) / 1000) + 60000)
-return {wait, n}
-"""
+from models import RateLimit
+from worker import clock
+from worker.db import session_scope
+from worker.policy import RatePolicy
+from worker.settings import Settings
+
+T = TypeVar("T")
 
 
-class RateLimiter(Protocol):
-    def reserve(self, key: str, qps: float, n: int, max_wait_s: float) -> tuple[float, int]:
-        """Reserve up to ``n`` slots starting within ``max_wait_s``; return (wait, count)."""
+@dataclass(frozen=True)
+class Pace:
+    """One provider's shared pace. Times are seconds on the store's clock."""
+
+    #: The next free slot.
+    tat: float
+    #: Calls per second allowed now (at most the ceiling).
+    rate: float
+    #: The rate at which the provider refused a call after an answer, the last time (0: never).
+    learned: float = 0.0
+    #: The provider's last word was a refusal (the next refusal does not lower ``learned``).
+    refusing: bool = False
+
+
+@dataclass(frozen=True)
+class Slots:
+    """Reserved call times, as ``time.monotonic()`` instants, ``interval`` apart."""
+
+    instants: list[float]
+    interval: float
+    rate: float
+
+
+def plan(
+    pace: Pace | None,
+    now: float,
+    ceiling: float,
+    n: int,
+    *,
+    max_wait_s: float,
+    span_s: float,
+    policy: RatePolicy,
+) -> tuple[Pace, float, int, float]:
+    """Reserve up to ``n`` slots: the first within ``max_wait_s``, all within ``span_s`` of it.
+
+    Returns (new pace, wait before the first slot, slots reserved, interval); 0 slots when the
+    next free slot is further than ``max_wait_s`` away.
+    """
+    pace = pace or Pace(tat=now, rate=ceiling)
+    rate = min(pace.rate, ceiling)
+    interval = policy.interval(rate)
+    tat = max(pace.tat, now)
+    wait = tat - now
+    if wait > max_wait_s:
+        return replace(pace, rate=rate), wait, 0, interval
+    count = max(1, min(n, int(span_s / interval + 1e-9) + 1))
+    return replace(pace, tat=tat + count * interval, rate=rate), wait, count, interval
+
+
+def learn(
+    pace: Pace | None, now: float, ceiling: float, *, ok: int, throttled: int, policy: RatePolicy
+) -> Pace:
+    """The pace after ``ok`` answered calls then ``throttled`` refused ones (a batch reports its
+    answers when a refusal comes, so the refusal is the provider's last word)."""
+    pace = pace or Pace(tat=now, rate=ceiling)
+    rate, learned, tat = min(pace.rate, ceiling), pace.learned, pace.tat
+    rate = policy.after_successes(rate, learned, ceiling, ok)
+    refusing = pace.refusing and not ok
+    for _ in range(throttled):
+        cut, at = policy.after_throttle(rate, ceiling)
+        # The first refusal after an answer marks the rate the provider would not take; the
+        # ones right after it (a window still full) cut the rate further but teach nothing.
+        if not refusing:
+            learned = at
+        rate, refusing = cut, True
+        # Give the provider's window one slot of air at the new pace.
+        tat = max(tat, now) + policy.interval(rate)
+    return Pace(tat=tat, rate=rate, learned=learned, refusing=refusing)
+
+
+class Store(Protocol):
+    def transact(self, key: str, change: Callable[[Pace | None, float], tuple[Pace, T]]) -> T:
+        """Apply ``change(pace, now)`` atomically (``now``: the store's clock); return its
+        second value."""
         ...
 
 
-def slot_times(
-    limiter: RateLimiter, key: str, qps: float, n: int, max_wait_s: float
-) -> list[float]:
-    """``time.monotonic()`` instants of up to ``n`` reserved slots (empty: none within reach)."""
-    wait, count = limiter.reserve(key, qps, n, max_wait_s)
-    start = time.monotonic() + wait
-    return [start + i / qps for i in range(count)]
+class RateLimiter:
+    """A provider pace in a shared store."""
+
+    def __init__(self, store: Store, policy: RatePolicy | None = None) -> None:
+        self.store = store
+        self.policy = policy or RatePolicy()
+
+    def reserve(
+        self, key: str, ceiling: float, n: int, *, max_wait_s: float, span_s: float
+    ) -> Slots:
+        """Up to ``n`` slots (none when the next one is over ``max_wait_s`` away)."""
+
+        def change(pace: Pace | None, now: float) -> tuple[Pace, tuple[float, int, float, float]]:
+            new, wait, count, interval = plan(
+                pace, now, ceiling, n, max_wait_s=max_wait_s, span_s=span_s, policy=self.policy
+            )
+            return new, (wait, count, interval, new.rate)
+
+        wait, count, interval, rate = self.store.transact(key, change)
+        start = time.monotonic() + wait
+        return Slots([start + i * interval for i in range(count)], interval, rate)
+
+    def report(self, key: str, ceiling: float, *, ok: int = 0, throttled: int = 0) -> float:
+        """Tell the pace how calls went; return the new rate."""
+        if not ok and not throttled:
+            return self.rate(key, ceiling)
+
+        def change(pace: Pace | None, now: float) -> tuple[Pace, float]:
+            new = learn(pace, now, ceiling, ok=ok, throttled=throttled, policy=self.policy)
+            return new, new.rate
+
+        return self.store.transact(key, change)
+
+    def rate(self, key: str, ceiling: float) -> float:
+        """The rate allowed now (the ceiling until the provider refused a call)."""
+
+        def read(pace: Pace | None, now: float) -> tuple[Pace, float]:
+            pace = pace or Pace(tat=now, rate=ceiling)
+            return pace, min(ceiling, pace.rate)
+
+        return self.store.transact(key, read)
 
 
-class LocalRateLimiter:
-    """The GCRA in one process."""
+class LocalStore:
+    """The pace in this process only."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._tat: dict[str, float] = {}
+        self._paces: dict[str, Pace] = {}
 
-    def reserve_at(
-        self, key: str, qps: float, n: int, max_wait_s: float, now: float
-    ) -> tuple[float, int]:
-        interval = 1.0 / qps
+    def transact(self, key: str, change: Callable[[Pace | None, float], tuple[Pace, T]]) -> T:
         with self._lock:
-            tat = max(self._tat.get(key, 0.0), now)
-            wait = tat - now
-            if wait > max_wait_s:
-                return wait, 0
-            count = min(n, int((max_wait_s - wait) / interval + 1e-9) + 1)
-            self._tat[key] = tat + count * interval
-            return wait, count
-
-    def reserve(self, key: str, qps: float, n: int, max_wait_s: float) -> tuple[float, int]:
-        return self.reserve_at(key, qps, n, max_wait_s, time.monotonic())
+            pace, result = change(self._paces.get(key), time.monotonic())
+            self._paces[key] = pace
+            return result
 
 
-class RedisRateLimiter:
-    """The GCRA in Redis, shared by every worker on every host."""
+class RedisStore:
+    """The pace in Redis: every worker on every host shares it, on Redis's clock."""
 
-    def __init__(self, url: str, prefix: str = "jobtracker:ratelimit:") -> None:
+    #: A pace untouched this long is forgotten (it starts again at the ceiling).
+    TTL_S = 3600
+
+    def __init__(self, url: str, prefix: str = "jobtracker:pace:") -> None:
         self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-        self._script = self._redis.register_script(_GCRA_LUA)
         self._prefix = prefix
 
-    def reserve(self, key: str, qps: float, n: int, max_wait_s: float) -> tuple[float, int]:
-        wait_us, count = self._script(
-            keys=[self._prefix + key],
-            args=[max(1, int(1_000_000 / qps)), int(max_wait_s * 1_000_000), max(1, n)],
+    def transact(self, key: str, change: Callable[[Pace | None, float], tuple[Pace, T]]) -> T:
+        name = self._prefix + key
+        with self._redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(name)
+                    seconds, micros = pipe.time()
+                    raw = pipe.hgetall(name)
+                    pace = _parse(raw)
+                    new, result = change(pace, seconds + micros / 1_000_000)
+                    pipe.multi()
+                    pipe.hset(
+                        name,
+                        mapping={
+                            "tat": new.tat,
+                            "rate": new.rate,
+                            "learned": new.learned,
+                            "refusing": int(new.refusing),
+                        },
+                    )
+                    pipe.expire(name, self.TTL_S)
+                    pipe.execute()
+                    return result
+                except redis.WatchError:  # another worker moved the pace first: read it again
+                    continue
+
+
+def _parse(raw: Mapping[Any, Any]) -> Pace | None:
+    try:
+        return Pace(
+            tat=float(raw[b"tat"]),
+            rate=float(raw[b"rate"]),
+            learned=float(raw[b"learned"]),
+            refusing=raw.get(b"refusing") == b"1",
         )
-        return int(wait_us) / 1_000_000, int(count)
+    except (KeyError, ValueError, TypeError):
+        return None
 
 
-_limiters: dict[str, RateLimiter] = {}
+class DatabaseStore:
+    """The pace in the ``rate_limits`` table: shared by every worker of any broker, under a row
+    lock, on the database's clock (:mod:`worker.clock`)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def transact(self, key: str, change: Callable[[Pace | None, float], tuple[Pace, T]]) -> T:
+        with session_scope(self._settings) as session:
+            dialect = session.get_bind().dialect.name
+            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            # Creating the row first also takes SQLite's write lock before the read, so two
+            # processes cannot both read the same pace and both move it.
+            session.execute(
+                insert(RateLimit)
+                .values(key=key, tat=0.0, rate=0.0, learned=0.0, refusing=False)
+                .on_conflict_do_nothing(index_elements=["key"])
+            )
+            row = session.execute(
+                select(RateLimit).where(RateLimit.key == key).with_for_update()
+            ).scalar_one()
+            now = clock.now(self._settings).timestamp()
+            pace = Pace(row.tat, row.rate, row.learned, row.refusing) if row.rate > 0 else None
+            new, result = change(pace, now)
+            row.tat, row.rate, row.learned, row.refusing = (
+                new.tat,
+                new.rate,
+                new.learned,
+                new.refusing,
+            )
+            row.updated_at = clock.now(self._settings)
+            return result
+
+
+_limiters: dict[tuple[str, str], RateLimiter] = {}
 _limiters_lock = threading.Lock()
 
 
-def get_rate_limiter(broker_url: str) -> RateLimiter:
-    """Redis-backed when the broker is Redis, else in-process."""
+def get_rate_limiter(settings: Settings) -> RateLimiter:
+    """The process's limiter: in Redis when the broker is Redis, else in the database."""
+    key = (settings.broker_url, settings.database_url)
     with _limiters_lock:
-        limiter = _limiters.get(broker_url)
+        limiter = _limiters.get(key)
         if limiter is None:
-            if broker_url.startswith(("redis://", "rediss://")):
-                limiter = RedisRateLimiter(broker_url)
+            if settings.broker_url.startswith(("redis://", "rediss://")):
+                store: Store = RedisStore(settings.broker_url)
             else:
-                limiter = LocalRateLimiter()
-            _limiters[broker_url] = limiter
+                store = DatabaseStore(settings)
+            limiter = _limiters[key] = RateLimiter(store)
         return limiter
+
+
+class Pacer:
+    """One poll batch's use of a provider's pace: slots a fraction of a second at a time, late
+    ones dropped, answers and refusals reported.
+
+    Not thread-safe: one batch, one thread.
+    """
+
+    #: Slots are reserved this far ahead at a time, so a cut in the rate applies within it.
+    SPAN_S = 0.25
+
+    def __init__(
+        self, limiter: RateLimiter, key: str, ceiling: float, *, max_wait_s: float
+    ) -> None:
+        self.limiter = limiter
+        self.key = key
+        self.ceiling = ceiling
+        self.max_wait_s = max_wait_s
+        self.rate = ceiling
+        #: Slots dropped because this batch reached them too late.
+        self.dropped = 0
+        self._slots: list[float] = []
+        self._interval = 1.0 / ceiling
+        self._answered = 0
+
+    def next_slot(self, wanted: int) -> float | None:
+        """The ``time.monotonic()`` instant of the next call, or None when the next free slot
+        is over ``max_wait_s`` away. ``wanted``: calls this batch still means to make."""
+        for _ in range(3):
+            while self._slots:
+                instant = self._slots.pop(0)
+                late = time.monotonic() - instant
+                if late <= self.limiter.policy.late_tolerance * self._interval:
+                    return instant
+                self.dropped += 1  # fired late it would land next to the following call
+            self._report()
+            slots = self.limiter.reserve(
+                self.key, self.ceiling, wanted, max_wait_s=self.max_wait_s, span_s=self.SPAN_S
+            )
+            if not slots.instants:
+                return None
+            self._slots, self._interval, self.rate = slots.instants, slots.interval, slots.rate
+        return None
+
+    def answered(self) -> None:
+        """The provider answered a call (anything but a refusal counts: it was let through)."""
+        self._answered += 1
+
+    def refused(self) -> float:
+        """The provider refused a call (RequestLimitExceeded): cut the rate now, drop the slots
+        reserved at the old one. Returns the new rate."""
+        self._slots = []
+        answered, self._answered = self._answered, 0
+        self.rate = self.limiter.report(self.key, self.ceiling, ok=answered, throttled=1)
+        return self.rate
+
+    def close(self) -> None:
+        """Report what is left (call once the batch is done)."""
+        self._report()
+
+    def _report(self) -> None:
+        if self._answered:
+            answered, self._answered = self._answered, 0
+            self.rate = self.limiter.report(self.key, self.ceiling, ok=answered)

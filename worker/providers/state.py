@@ -17,6 +17,8 @@ from worker.policy import ProviderBackoff
 
 log = logging.getLogger(__name__)
 BACKOFF = ProviderBackoff()
+#: Refusals in a row, with no answer between them, before the whole provider rests.
+PARK_AFTER_THROTTLES = 5
 
 
 def load_states(session: Session) -> dict[str, ProviderState]:
@@ -39,29 +41,32 @@ def _locked(session: Session, kind: str, now: datetime) -> ProviderState:
     ).scalar_one()
 
 
-def throttle(session: Session, kind: str, now: datetime) -> datetime:
-    """Back the whole provider off after RequestLimitExceeded; return until when."""
+def throttle(session: Session, kind: str, now: datetime, *, rate: float) -> datetime | None:
+    """Count a RequestLimitExceeded. One refusal costs a little rate (the limiter's cut, already
+    made: ``rate`` is the new one), not the provider: only :data:`PARK_AFTER_THROTTLES` refusals
+    in a row, with no answer between them, back the whole provider off. Returns until when it
+    rests, or None."""
     state = _locked(session, kind, now)
     if state.is_throttled(now):
-        assert state.throttled_until is not None
         return state.throttled_until  # another worker already backed it off
     state.consecutive_throttles += 1
-    state.throttled_until = now + timedelta(
-        seconds=BACKOFF.throttle_delay(state.consecutive_throttles)
-    )
     state.updated_at = now
-    log.info(
-        "provider throttled",
-        extra={
-            "kind": kind,
-            "until": state.throttled_until.isoformat(),
-            "n": state.consecutive_throttles,
-        },
+    context = {"kind": kind, "n": state.consecutive_throttles, "rate": round(rate, 2)}
+    if state.consecutive_throttles < PARK_AFTER_THROTTLES:
+        log.info("provider throttled", extra=context)
+        return None
+    rests = BACKOFF.throttle_delay(state.consecutive_throttles - PARK_AFTER_THROTTLES + 1)
+    state.throttled_until = now + timedelta(seconds=rests)
+    log.warning(
+        "provider throttled: every call refused; resting %.1f s",
+        rests,
+        extra={**context, "until": state.throttled_until.isoformat()},
     )
     return state.throttled_until
 
 
 def clear_throttle(session: Session, kind: str, now: datetime) -> None:
+    """The provider answered after its last refusal: the refusals in a row start again at 0."""
     session.execute(
         update(ProviderState)
         .where(

@@ -9,17 +9,16 @@ addresses is refused, so if a urllib3 upgrade ever bypassed the pin, sends would
 rather than go unpinned.
 
 requests' read timeout applies to each socket read, so a receiver that trickles bytes can hold a
-worker forever. :class:`Watchdog` shuts the attempt's sockets down at the deadline, which ends any
-blocked read.
+worker forever. A :class:`~worker.http.Watchdog` shuts the attempt's sockets down at the deadline,
+which ends any blocked read.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -30,37 +29,8 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NewConnectionError
 
+from worker.http import Watchdog
 from worker.webhooks.urls import ResolvedURL
-
-
-class Watchdog:
-    """Shuts down every watched socket once ``timeout_s`` has passed since :meth:`start`."""
-
-    def __init__(self, timeout_s: float) -> None:
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self._timer = threading.Timer(max(0.0, timeout_s), self._fire)
-        self._timer.daemon = True
-        self.fired = False
-
-    def start(self) -> None:
-        self._timer.start()
-
-    def cancel(self) -> None:
-        self._timer.cancel()
-
-    def watch(self, sock: socket.socket) -> None:
-        with self._lock:
-            if self.fired:
-                _shutdown(sock)
-            else:
-                self._sockets.append(sock)
-
-    def _fire(self) -> None:
-        with self._lock:
-            self.fired = True
-            for sock in self._sockets:
-                _shutdown(sock)
 
 
 @dataclass(frozen=True)
@@ -213,10 +183,3 @@ def _same_address(a: str, b: str) -> bool:
         return ipaddress.ip_address(a.split("%", 1)[0]) == ipaddress.ip_address(b.split("%", 1)[0])
     except ValueError:
         return False
-
-
-def _shutdown(sock: socket.socket) -> None:
-    # socket.socket.shutdown, not SSLSocket.shutdown: the latter also drops the SSL object under
-    # the thread that is reading from it.
-    with suppress(OSError):
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)

@@ -21,6 +21,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--secret-id", default=DEFAULT_SECRET_ID)
     parser.add_argument("--secret-key", default=DEFAULT_SECRET_KEY)
     parser.add_argument("--qps", type=float, default=None, help="per-action limit (default: none)")
+    parser.add_argument(
+        "--limiter",
+        choices=["bucket", "window"],
+        default="bucket",
+        help="how --qps is enforced: a token bucket, or a strict sliding 1-second window",
+    )
+    parser.add_argument(
+        "--other-qps",
+        type=float,
+        default=0.0,
+        help="with --limiter window: another service's calls spending the same quota",
+    )
     parser.add_argument("--slow", type=float, default=2.0, help="seconds a 'slow' answer takes")
     args = parser.parse_args(argv)
 
@@ -37,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         port=args.port,
         qps=args.qps,
+        limiter=args.limiter,
+        other_qps=args.other_qps,
         slow_s=args.slow,
     ).start()
     print(sim.url, flush=True)

@@ -21,8 +21,11 @@ JobId grammar (``N`` is a positive integer; ``tail`` is anything, to make the Jo
 FAULT is one of ``notfound`` (the API's JobNotExist/JobNotFound), ``throttle``
 (RequestLimitExceeded), ``internal`` (InternalError), ``html502`` (an HTML 502 page), ``junk``
 (HTTP 200 with a body that is not JSON), ``noresponse`` (JSON without ``Response``), ``badstatus``
-(a status value not in the table), ``drop`` (the connection closes without an answer) and ``slow``
-(the answer, ``running``, comes after the simulator's ``slow_s``). ``charset.`` answers with
+(a status value not in the table), ``drop`` (the connection closes without an answer), ``slow``
+(the answer, ``running``, comes after the simulator's ``slow_s``), ``dribble`` (the answer,
+``running``, is sent one byte every ``dribble_s``: each read is quick, the whole answer late),
+``huge`` (a well-formed ``running`` answer of 64 MiB with no Content-Length) and ``gzipbomb`` (a
+gzip answer of about 256 KiB that decompresses to 256 MiB). ``charset.`` answers with
 ``Content-Type: application/json; charset=utf-8`` (the SDK only checks the exact spelling).
 
 Examples: ``succeed-3-a1``, ``fail-2-x``, ``notfound-x``, ``notfound-2-x`` (visible from poll 3),
@@ -52,6 +55,9 @@ FAULT_STEPS = frozenset(
         "badstatus",
         "drop",
         "slow",
+        "dribble",
+        "huge",
+        "gzipbomb",
     }
 )
 CHARSET_CONTENT_TYPE = "application/json; charset=utf-8"

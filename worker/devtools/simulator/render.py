@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import gzip
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -31,11 +34,15 @@ _STEP_STATUS = {
     "queued": JobStatus.QUEUED,
     "running": JobStatus.RUNNING,
     "slow": JobStatus.RUNNING,
+    "dribble": JobStatus.RUNNING,
     "done": JobStatus.SUCCEEDED,
     "failed": JobStatus.FAILED,
     "poison": JobStatus.FAILED,
     "nan": JobStatus.SUCCEEDED,
 }
+#: The size of a ``huge`` answer, and what a ``gzipbomb`` answer decompresses to.
+HUGE_BYTES = 64 * 1024 * 1024
+GZIP_BOMB_BYTES = 256 * 1024 * 1024
 #: What ``json.loads`` accepts and neither PostgreSQL nor a strict parser takes back.
 _POISON_TEXT = "\ud800 broken \udfff text\x00"
 _NON_FINITE = (float("nan"), float("inf"), float("-inf"))
@@ -49,6 +56,31 @@ class Reply:
     content_type: str = JSON_CONTENT_TYPE
     body: bytes = b""
     drop: bool = False
+    #: Send the whole answer (status line included) one byte at a time, this far apart.
+    dribble_s: float = 0.0
+    #: ``Content-Encoding`` of ``body`` (``gzip``), if any.
+    encoding: str | None = None
+    #: Then ``filler`` this many times, then ``tail``: a huge answer not held in memory. Sent
+    #: without Content-Length (the connection closes at the end), so only reading tells its size.
+    filler: bytes = b""
+    repeat: int = 0
+    tail: bytes = b""
+    #: (kind, JobId) of the poll this answers, for the simulator's in-flight bookkeeping.
+    job: tuple[str, str] | None = None
+
+
+@functools.cache
+def _gzip_bomb() -> bytes:
+    """About 256 KiB of gzip holding a ``{"Response": ...}`` of GZIP_BOMB_BYTES (built once,
+    a chunk at a time, never whole in memory)."""
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=9) as packed:
+        packed.write(b'{"Response": {"RequestId": "bomb", "Padding": "')
+        zeros = b"0" * (1 << 20)
+        for _ in range(GZIP_BOMB_BYTES // len(zeros)):
+            packed.write(zeros)
+        packed.write(b'"}}')
+    return out.getvalue()
 
 
 def error_body(code: str, message: str, request_id: str) -> dict[str, Any]:
@@ -77,6 +109,21 @@ def render(
         return Reply(content_type=content_type, body=b'{"Response": {"Status": "DONE", oops')
     if name == "noresponse":
         return _json({"RequestId": request_id, "Result": "ok"}, content_type)
+    if name == "huge":
+        # A well-formed "running" answer of about HUGE_BYTES, most of it a padding field.
+        head = {"RequestId": request_id}
+        _put(head, spec.status_field, spec.raw_status(JobStatus.RUNNING))
+        opening = json.dumps({"Response": head})[:-2] + ', "Padding": "'
+        filler = b"x" * 65536
+        return Reply(
+            content_type=content_type,
+            body=opening.encode(),
+            filler=filler,
+            repeat=HUGE_BYTES // len(filler),
+            tail=b'"}}',
+        )
+    if name == "gzipbomb":
+        return Reply(content_type=content_type, body=_gzip_bomb(), encoding="gzip")
     errors = {
         "throttle": ("RequestLimitExceeded", "Your requests exceed the frequency limit."),
         "internal": ("InternalError", "An internal error has occurred. Retry your request."),

@@ -16,8 +16,9 @@ import re
 import threading
 import time
 import uuid
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -68,8 +69,39 @@ class Counters:
     auth_failures: int = 0
     #: TCP connections accepted (clients that reuse connections keep this low).
     connections: int = 0
+    #: Polls of a JobId that arrived while another poll of it was still being answered: what a
+    #: lease that does not hold looks like from the provider's side.
+    overlaps: int = 0
+    #: Answer bytes written (a client that stops reading a huge answer keeps this low).
+    bytes_sent: int = 0
     #: JobId -> polls that reached the job's lifecycle (authenticated, not QPS-limited).
     polls: dict[str, int] = field(default_factory=dict)
+
+
+class _SlidingWindow:
+    """A strict limiter: at most ``qps`` admitted calls in any 1-second window (the 21st call
+    within a second is refused at 20), stricter than a token bucket, which lets a burst through
+    after a pause. ``other_qps`` plays another service spending part of the same quota: its calls
+    count in the window too, evenly spread."""
+
+    def __init__(self, qps: float, other_qps: float = 0.0) -> None:
+        self.limit = int(qps)
+        self.other_interval = 1.0 / other_qps if other_qps > 0 else None
+        self.admitted: deque[float] = deque()
+        self.other_next = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        if self.other_interval is not None:
+            while self.other_next <= now:
+                self.admitted.append(self.other_next)
+                self.other_next += self.other_interval
+        while self.admitted and self.admitted[0] <= now - 1.0:
+            self.admitted.popleft()
+        if len(self.admitted) >= self.limit:
+            return False
+        self.admitted.append(now)
+        return True
 
 
 class _TokenBucket:
@@ -104,7 +136,10 @@ class Simulator:
         host: str = "127.0.0.1",
         port: int = 0,
         qps: float | None = None,
+        limiter: str = "bucket",
+        other_qps: float = 0.0,
         slow_s: float = 2.0,
+        dribble_s: float = 0.05,
         regions: Iterable[str] = DEFAULT_REGIONS,
         content_type: str = JSON_CONTENT_TYPE,
         providers: Mapping[str, ProviderSpec] | None = None,
@@ -112,14 +147,28 @@ class Simulator:
         self._secrets = {secret_id: secret_key}
         self._address = (host, port)
         self.qps = qps
+        if limiter not in ("bucket", "window"):
+            raise ValueError(f"limiter must be 'bucket' or 'window', not {limiter!r}")
+        self.limiter = limiter
+        self.other_qps = other_qps
         self.slow_s = slow_s
+        self.dribble_s = dribble_s
         self.regions = frozenset(regions)
         self.content_type = content_type
         self._providers = providers
         self.lifecycles = Lifecycles()
         self._lock = threading.Lock()
-        self._buckets: dict[str, _TokenBucket] = {}
-        self._counts = {"total": 0, "throttled": 0, "auth_failures": 0, "connections": 0}
+        self._buckets: dict[str, _TokenBucket | _SlidingWindow] = {}
+        self._counts = {
+            "total": 0,
+            "throttled": 0,
+            "auth_failures": 0,
+            "connections": 0,
+            "overlaps": 0,
+            "bytes_sent": 0,
+        }
+        #: (kind, JobId) -> requests for it being answered right now.
+        self._in_flight: Counter[tuple[str, str]] = Counter()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -256,6 +305,7 @@ class Simulator:
         if not isinstance(job_id, str) or not job_id:
             return error("MissingParameter", f"The parameter {spec.job_id_param} is missing.")
 
+        self._enter((spec.kind, job_id))
         script, step, poll = self.lifecycles.next_poll(spec.kind, job_id)
         logger.debug(
             "simulator poll",
@@ -266,18 +316,36 @@ class Simulator:
         if step.name == "slow":
             time.sleep(self.slow_s)
         content_type = script.content_type or self.content_type
-        return render(spec, step, job_id=job_id, request_id=request_id, content_type=content_type)
+        reply = render(spec, step, job_id=job_id, request_id=request_id, content_type=content_type)
+        dribble = self.dribble_s if step.name == "dribble" else 0.0
+        return replace(reply, job=(spec.kind, job_id), dribble_s=dribble)
+
+    def _enter(self, job: tuple[str, str]) -> None:
+        with self._lock:
+            if self._in_flight[job]:
+                self._counts["overlaps"] += 1
+            self._in_flight[job] += 1
+
+    def _leave(self, job: tuple[str, str]) -> None:
+        with self._lock:
+            self._in_flight[job] -= 1
 
     def _admit(self, action: str) -> bool:
         if self.qps is None:
             return True
         with self._lock:
-            bucket = self._buckets.setdefault(action, _TokenBucket(self.qps))
+            bucket = self._buckets.get(action)
+            if bucket is None:
+                bucket = self._buckets[action] = (
+                    _SlidingWindow(self.qps, self.other_qps)
+                    if self.limiter == "window"
+                    else _TokenBucket(self.qps)
+                )
             return bucket.take()
 
-    def _count(self, name: str) -> None:
+    def _count(self, name: str, n: int = 1) -> None:
         with self._lock:
-            self._counts[name] += 1
+            self._counts[name] += n
 
     def counters_json(self) -> bytes:
         return json.dumps(asdict(self.counters())).encode()
@@ -328,7 +396,13 @@ class _Handler(BaseHTTPRequestHandler):
             headers={name.lower(): value for name, value in self.headers.items()},
             body=body,
         )
-        self._send(self.server.simulator.handle(request))
+        simulator = self.server.simulator
+        reply = simulator.handle(request)
+        try:
+            self._send(reply)
+        finally:
+            if reply.job is not None:
+                simulator._leave(reply.job)
 
     def _send(self, reply: Reply) -> None:
         if reply.drop:
@@ -336,9 +410,37 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body)))
+        if reply.encoding:
+            self.send_header("Content-Encoding", reply.encoding)
+        if reply.repeat:
+            # Size told by the end of the connection only, like a streaming gateway.
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(len(reply.body)))
+        if reply.dribble_s:
+            # Everything, status line included, one byte at a time.
+            buffered: list[bytes] = self._headers_buffer  # type: ignore[attr-defined]
+            head = b"".join(buffered)
+            buffered.clear()
+            self._trickle(head + b"\r\n" + reply.body, reply.dribble_s)
+            return
         self.end_headers()
-        self.wfile.write(reply.body)
+        self._write(reply.body)
+        for _ in range(reply.repeat):
+            self._write(reply.filler)
+        self._write(reply.tail)
+
+    def _write(self, data: bytes) -> None:
+        if data:
+            self.wfile.write(data)
+            self.server.simulator._count("bytes_sent", len(data))
+
+    def _trickle(self, data: bytes, pause_s: float) -> None:
+        for index in range(len(data)):
+            self._write(data[index : index + 1])
+            self.wfile.flush()
+            time.sleep(pause_s)
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("simulator http: " + format, *args)
