@@ -13,8 +13,12 @@ import pytest
 
 from tests import services
 from tests.acceptance.proc import Tracker, query, wait_until
+from worker.db import dispose_engines
 from worker.devtools.receiver import Receiver
 from worker.devtools.simulator import Simulator
+from worker.flow.enqueue import track
+from worker.runtime.migrate import ensure_schema
+from worker.settings import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -317,3 +321,43 @@ def test_a_tracker_killed_mid_delivery_delivers_after_restart_with_the_same_id(
     [(delivery_id,)] = query(pg_url, "SELECT id FROM webhook_deliveries")
     assert ids == {delivery_id}
     assert len(rx.received) >= 2  # the interrupted POST, then the retry with the same webhook-id
+
+
+def test_sigterm_mid_batch_writes_the_polls_already_answered(tmp_path: Path) -> None:
+    """A batch of slow answers outlasts the shutdown's time limit: on SIGTERM it stops asking,
+    the request under way is cut, and the answers it already had are written (before, the whole
+    batch was thrown away when the time limit ended the process)."""
+    with Simulator(slow_s=1.0) as sim:
+        env = tracker_env(
+            sim,
+            {},
+            JOBTRACKER_LEASE_SECONDS="60",
+            JOBTRACKER_READ_TIMEOUT="3",
+            JOBTRACKER_JOB_DEADLINE="600",
+            JOBTRACKER_TICK_SECONDS="1",
+            JOBTRACKER_POLL_INTERVAL_MIN="60",  # one poll each: one batch of 12 (20 QPS x 1 s)
+            JOBTRACKER_POLL_INTERVAL_MAX="60",
+        )
+        url = db_url_of(env, tmp_path)
+        settings = Settings.from_env(env, cwd=tmp_path)
+        ensure_schema(settings)  # the embedded SQLite file, as `jobtracker run` would
+        for n in range(12):
+            track("image_animate", f"slow-term{n}", settings=settings)
+        dispose_engines()
+        tracker = Tracker(env, tmp_path).start()
+        try:
+            wait_until(lambda: sum(sim.lifecycles.polls().values()) >= 3, 30, "3 answers", tracker)
+            elapsed = tracker.stop(signal.SIGTERM)
+        finally:
+            tracker.kill()
+        answered = sum(sim.lifecycles.polls().values())
+    assert elapsed < 10, f"took {elapsed:.1f} s to stop"
+    [(recorded,)] = query(url, "SELECT coalesce(sum(polls), 0) FROM tracked_jobs")
+    running = query(url, "SELECT count(*) FROM tracked_jobs WHERE status = 'running'")[0][0]
+    # Every answer that came back is recorded; only the one cut mid-answer may be missing.
+    assert answered - 1 <= recorded <= answered, (answered, recorded)
+    assert running == recorded >= 2
+    # The rest are released for the next worker, none left leased.
+    assert query(url, "SELECT count(*) FROM tracked_jobs WHERE lease_expires_at IS NOT NULL") == [
+        (0,)
+    ]

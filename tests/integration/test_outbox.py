@@ -4,15 +4,17 @@ verifies with the standardwebhooks library. Both backends."""
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
 from models import TrackedJob, WebhookAttempt, WebhookDelivery, utcnow
 from tests.drive import drive
-from worker.db import session_scope
+from worker.db import get_engine, session_scope
 from worker.devtools.receiver import Receiver, Reply
 from worker.devtools.simulator import Simulator
 from worker.flow import deliver
@@ -306,3 +308,42 @@ def test_the_sweep_reserves_what_it_hands_out(
     [first, *_] = deliveries(settings)
     assert deliver.deliver_one(first.id, settings) is None
     assert deliver.deliver_one(first.id, settings, reserved=first.lease_expires_at) == "pending"
+
+
+def test_two_sweeps_at_once_never_hand_out_one_message_twice(
+    db_url: str, sim: Simulator, tmp_path: Path, delivered_now: list[str]
+) -> None:
+    """Sweep B runs whole between sweep A's choice of messages and A's reservation of them (on
+    SQLite no row lock holds them for A): A's reservation re-checks each message and takes none
+    that B took."""
+    settings = make(db_url, sim, tmp_path)
+    for n in range(3):
+        track("image_animate", f"succeed-1-race{n}", callback_url="http://127.0.0.1:9/h",
+              settings=settings)  # fmt: skip
+    drive(settings)
+    delivered_now.clear()  # the after-commit sends were lost: the sweeps must send them
+    engine = get_engine(settings)
+    interleaved = threading.Event()
+
+    def after_select(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if (
+            threading.current_thread().name == "sweep-a"
+            and statement.lstrip().startswith("SELECT webhook_deliveries.id")
+            and not interleaved.is_set()
+        ):
+            interleaved.set()
+            b = threading.Thread(target=lambda: counts.append(deliver.sweep(settings)))
+            b.start()
+            b.join()
+
+    counts: list[int] = []
+    event.listen(engine, "after_cursor_execute", after_select)
+    try:
+        a = threading.Thread(target=lambda: counts.append(deliver.sweep(settings)), name="sweep-a")
+        a.start()
+        a.join()
+    finally:
+        event.remove(engine, "after_cursor_execute", after_select)
+    assert interleaved.is_set()
+    assert sorted(counts) == [0, 3]
+    assert sorted(delivered_now) == sorted(set(delivered_now)) and len(delivered_now) == 3
