@@ -45,6 +45,6 @@ class RateLimit(Base):
     rate: Mapped[float] = mapped_column(Float(precision=53))
     #: The rate at which the provider refused a call after an answer, the last time (0: never).
     learned: Mapped[float] = mapped_column(Float(precision=53))
-    #: The provider's last word was a refusal.
-    refusing: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    #: Refusals in a row since the last answer.
+    run: Mapped[int] = mapped_column(Integer, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())

@@ -96,24 +96,26 @@ class RatePolicy:
     ``late_tolerance`` of an interval late is dropped, never fired late (two late calls fired back
     to back would put two calls where the provider counts one).
 
-    Adapting, with ``rate`` starting at the ceiling:
+    Adapting, with ``rate`` starting at the ceiling and ``run`` counting refusals in a row:
 
-    - each ``RequestLimitExceeded``: ``learned = rate``, then
-      ``rate = max(min_fraction * ceiling, rate * (1 - cut))``: one refusal among many successes
-      costs a few percent of the rate, not the provider;
-    - each success: ``rate = min(ceiling, rate + step / rate)``, so one second of successes adds
-      ``step``: ``fast_step * ceiling`` while ``rate < approach * learned`` (or nothing was
-      learned yet), else ``slow_step * learned``: quick to recover, slow near the rate that was
-      refused last, and still probing above it (the quota others leave may grow again).
+    - each ``RequestLimitExceeded``: ``run += 1``; the first of a run records
+      ``learned = rate``; then ``rate = max(floor, rate * (1 - min(max_cut, cut * 2 ** (run -
+      1))))``. One refusal among answers costs ``cut`` (5 %) of the rate, not the provider;
+      refusals in a row cut harder (5, 10, 20, 40, 50 % ...), so a QPS configured 2.5 times
+      too high is brought down within a second or two;
+    - each answer: ``run = 0`` and ``rate = min(ceiling, rate + step / rate)``, so one second of
+      answers adds ``step``: ``fast_step * ceiling`` while ``rate < approach * learned`` (or
+      nothing was learned yet), else ``slow_step * learned``: quick to recover, slow near the
+      rate refused last, and still probing above it (the quota others leave may grow again).
 
-    With the ceiling right and the provider's limit at it, nothing is ever refused; configured
-    at 50 against a real 20, the rate falls to ~20 within a second or two and then rises
-    ``slow_step * 20 = 0.2`` calls/s per second until the next refusal.
+    ``floor`` is ``min_fraction * ceiling``; at it, refusals in a row make the whole provider rest
+    (``worker.providers.state``).
     """
 
     margin: float = 0.02
     late_tolerance: float = 0.25
     cut: float = 0.05
+    max_cut: float = 0.5
     fast_step: float = 0.25
     slow_step: float = 0.01
     approach: float = 0.9
@@ -125,10 +127,10 @@ class RatePolicy:
     def floor(self, ceiling: float) -> float:
         return max(0.01, self.min_fraction * ceiling)
 
-    def after_throttle(self, rate: float, ceiling: float) -> tuple[float, float]:
-        """(new rate, learned) after one refusal at ``rate``."""
-        rate = min(rate, ceiling)
-        return max(self.floor(ceiling), rate * (1.0 - self.cut)), rate
+    def after_throttle(self, rate: float, ceiling: float, run: int) -> float:
+        """The rate after the ``run``-th refusal in a row at ``rate``."""
+        cut = min(self.max_cut, self.cut * 2 ** max(0, min(run - 1, 30)))
+        return max(self.floor(ceiling), min(rate, ceiling) * (1.0 - cut))
 
     def after_successes(self, rate: float, learned: float, ceiling: float, n: int) -> float:
         rate = min(rate, ceiling)

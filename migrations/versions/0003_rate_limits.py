@@ -28,7 +28,7 @@ def upgrade() -> None:
         sa.Column("tat", sa.Float(precision=53), nullable=False),
         sa.Column("rate", sa.Float(precision=53), nullable=False),
         sa.Column("learned", sa.Float(precision=53), nullable=False),
-        sa.Column("refusing", sa.Boolean(), server_default=sa.false(), nullable=False),
+        sa.Column("run", sa.Integer(), server_default="0", nullable=False),
         sa.Column(
             "updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
         ),

@@ -272,8 +272,13 @@ def test_stats_counts_and_provider_states(world: World) -> None:
     with session_scope(world.settings) as session:
         provider_state.pause(session, "image_animate", "AuthFailure.SecretIdNotFound: x", utcnow())
         # Refusing every call (one refusal only costs rate): the whole provider rests.
-        for _ in range(provider_state.PARK_AFTER_THROTTLES):
-            provider_state.throttle(session, "video_face_fusion", utcnow(), rate=1.0)
+        provider_state.throttle(
+            session,
+            "video_face_fusion",
+            utcnow(),
+            rate=1.0,
+            run=provider_state.PARK_AFTER_THROTTLES,
+        )
     data = world.json("stats")
     assert data["jobs"]["video_face_fusion"] == {
         "pending": 0, "queued": 0, "running": 0, "succeeded": 1, "failed": 1, "canceled": 0,

@@ -228,7 +228,7 @@ def test_one_refusal_costs_a_little_rate_not_the_provider(
 
 def test_a_provider_refusing_every_call_rests(db_url: str, sim: Simulator, tmp_path: Path) -> None:
     settings = engine_settings(db_url, sim, tmp_path)
-    for n in range(8):
+    for n in range(PARK_AFTER_THROTTLES + 3):
         track("image_animate", f"throttle-20-r{n}", settings=settings)
     step(settings)
     with session_scope(settings) as session:
@@ -429,3 +429,35 @@ def test_a_dribbling_provider_never_sees_one_job_polled_twice_at_once(
     counters = sim.counters()
     assert sum(counters.polls.values()) >= 6  # every job was asked, some several times
     assert counters.overlaps == 0
+
+
+def test_refusals_among_answers_cost_rate_not_the_provider(db_url: str, tmp_path: Path) -> None:
+    """Another service spends 5 of the account's 20 calls/s: some calls are refused while most
+    pass. Every job finishes at about the 15 calls/s left, and the provider never rests (before,
+    a batch with any refusal never reset the run of refusals, each step of which parked the
+    whole provider longer: 1, 2, 4 ... 60 s; a soak finished none of its jobs)."""
+    with Simulator(qps=20, limiter="window", other_qps=5) as sim:
+        settings = engine_settings(
+            db_url,
+            sim,
+            tmp_path,
+            JOBTRACKER_IMAGE_ANIMATE_QPS="20",
+            JOBTRACKER_TICK_SECONDS="1",
+        )
+        for n in range(150):
+            track("image_animate", f"succeed-1-p{n}", settings=settings)
+        started = time.monotonic()
+        worst = 0
+        while time.monotonic() - started < 40:
+            step(settings)
+            with session_scope(settings) as session:
+                state = session.get(ProviderState, "image_animate")
+                worst = max(worst, state.consecutive_throttles if state else 0)
+            if {j.status for j in jobs_by_id(settings).values()} == {"succeeded"}:
+                break
+        elapsed = time.monotonic() - started
+        refused = sim.counters().throttled
+    assert {j.status for j in jobs_by_id(settings).values()} == {"succeeded"}
+    assert elapsed < 20, elapsed  # about 10 s at 15 calls/s
+    assert refused > 0, "the other service's share was never felt: the test proves nothing"
+    assert worst < PARK_AFTER_THROTTLES, worst

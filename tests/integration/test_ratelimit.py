@@ -88,13 +88,13 @@ def test_batches_share_slots_and_a_refusal_slows_every_worker(
     gaps = [y - x for x, y in itertools.pairwise(everything)]
     assert min(gaps) >= 0.1 - 0.01  # never two slots closer than 1/qps
     # Worker a is refused once: worker b's next slots come at the lower rate.
-    assert a.report("k", 10.0, throttled=1) == pytest.approx(9.5)
+    assert a.report("k", 10.0, throttled=1).rate == pytest.approx(9.5)
     assert b.rate("k", 10.0) == pytest.approx(9.5)
     assert b.reserve("k", 10.0, 3, max_wait_s=10, span_s=1).interval == pytest.approx(
         1 / (9.5 * 0.98)
     )
     # Answers win the rate back, never above the configured ceiling.
-    assert b.report("k", 10.0, ok=1000) == 10.0
+    assert b.report("k", 10.0, ok=1000).rate == 10.0
 
 
 def test_the_limiter_is_shared_whatever_the_broker(tmp_path: Path, redis_url: str) -> None:

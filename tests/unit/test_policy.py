@@ -72,18 +72,27 @@ def test_one_refusal_costs_a_little_rate_and_successes_win_it_back() -> None:
     pace = learn(None, 0.0, 20, ok=100, throttled=0, policy=policy)
     assert pace.rate == 20  # never above the ceiling
     pace = learn(pace, 0.0, 20, ok=0, throttled=1, policy=policy)
-    assert pace.rate == pytest.approx(19.0) and pace.learned == 20
-    # Near the rate that was refused, the climb is slow: 0.2 calls/s per second of successes.
+    assert (pace.rate, pace.learned, pace.run) == (pytest.approx(19.0), 20, 1)
+    # Near the rate that was refused, the climb is slow: 0.2 calls/s per second of answers.
     climbed = learn(pace, 0.0, 20, ok=19, throttled=0, policy=policy)
-    assert climbed.rate == pytest.approx(19.2, abs=0.02)
-    # Refusals in a row (a window still full) cut further but do not lower what was learned,
-    # so the climb back is fast below it: a quarter of the ceiling per second.
-    low = learn(pace, 0.0, 20, ok=0, throttled=20, policy=policy)
-    assert low.rate < 8 and low.learned == 20
-    # About one second of successes at that rate: +5 calls/s, less the rounding of ok.
-    assert learn(low, 0.0, 20, ok=int(low.rate), throttled=0, policy=policy).rate > low.rate + 3
+    assert climbed.rate == pytest.approx(19.2, abs=0.02) and climbed.run == 0
+
+
+def test_refusals_in_a_row_cut_harder_and_teach_nothing_new() -> None:
+    """5, 10, 20, 40, 50, 50 % ...: a QPS set 2.5 times too high comes down within a few calls,
+    and what was learned stays the rate of the first refusal."""
+    policy = RatePolicy()
+    rates = []
+    pace = learn(None, 0.0, 50, ok=10, throttled=0, policy=policy)
+    for _ in range(5):
+        pace = learn(pace, 0.0, 50, ok=0, throttled=1, policy=policy)
+        rates.append(round(pace.rate, 2))
+    assert rates == [47.5, 42.75, 34.2, 20.52, 10.26]
+    assert (pace.learned, pace.run) == (50, 5)
+    # Far below what was learned, the climb is fast: a quarter of the ceiling per second.
+    assert learn(pace, 0.0, 50, ok=10, throttled=0, policy=policy).rate > pace.rate + 8
     # Never below the floor, whatever the refusals.
-    assert learn(low, 0.0, 20, ok=0, throttled=500, policy=policy).rate == pytest.approx(0.4)
+    assert learn(pace, 0.0, 50, ok=0, throttled=500, policy=policy).rate == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("configured", [20.0, 50.0])

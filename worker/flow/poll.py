@@ -112,7 +112,8 @@ def _poll_batch(
     stop_until: datetime | None = None
     outcomes: list[Outcome] = []
     provider_ok = False
-    answered_last = False
+    # None until the first call: an answer right after a refusal ends the run of refusals.
+    answered_last: bool | None = None
 
     for index, (job, lease) in enumerate(owned):
         now = clock.now(settings)
@@ -148,7 +149,13 @@ def _poll_batch(
             _release(outcome, settings, now, at=now)
             continue
         provider_ok = provider_ok or ok
-        answered_last = not isinstance(outcome.error, ThrottledError)
+        refused = isinstance(outcome.error, ThrottledError)
+        if answered_last is False and not refused and outcome.polled:
+            # An answer right after a refusal: the run of refusals is over, now (a batch can
+            # hold many refusals among its answers, and each must not count as one in a row).
+            with session_scope(settings) as session:
+                provider_state.clear_throttle(session, kind, clock.now(settings))
+        answered_last = not refused
         decide(outcome, settings, policy, clock.now(settings))
         metrics.record_poll(kind, outcome.error, outcome.error_class)
 
@@ -156,9 +163,8 @@ def _poll_batch(
     metrics.PROVIDER_RATE.labels(kind).set(pacer.rate)
     if pacer.dropped:
         metrics.SLOTS_DROPPED.labels(kind).inc(pacer.dropped)
-    _finish(
-        kind, outcomes, settings, report, resume=probing and provider_ok, answered=answered_last
-    )
+    resume = probing and provider_ok
+    _finish(kind, outcomes, settings, report, resume=resume, answered=answered_last is True)
     return report
 
 
@@ -198,9 +204,11 @@ def _ask(
             error, job_age_s=age_s, grace_s=settings.not_found_grace_s
         )
         if isinstance(error, ThrottledError):
-            rate = pacer.refused()
+            pace = pacer.refused()
             with session_scope(settings) as session:
-                stop_until = provider_state.throttle(session, kind, clock.now(settings), rate=rate)
+                stop_until = provider_state.throttle(
+                    session, kind, clock.now(settings), rate=pace.rate, run=pace.run
+                )
             # Asked again soon, at the new pace (or when the provider rests no more).
             outcome.next_poll_at = stop_until or clock.now(settings) + timedelta(
                 seconds=RELEASE_DELAY_S

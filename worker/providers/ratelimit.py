@@ -48,8 +48,8 @@ class Pace:
     rate: float
     #: The rate at which the provider refused a call after an answer, the last time (0: never).
     learned: float = 0.0
-    #: The provider's last word was a refusal (the next refusal does not lower ``learned``).
-    refusing: bool = False
+    #: Refusals in a row since the last answer.
+    run: int = 0
 
 
 @dataclass(frozen=True)
@@ -95,17 +95,17 @@ def learn(
     pace = pace or Pace(tat=now, rate=ceiling)
     rate, learned, tat = min(pace.rate, ceiling), pace.learned, pace.tat
     rate = policy.after_successes(rate, learned, ceiling, ok)
-    refusing = pace.refusing and not ok
+    run = 0 if ok else pace.run
     for _ in range(throttled):
-        cut, at = policy.after_throttle(rate, ceiling)
-        # The first refusal after an answer marks the rate the provider would not take; the
-        # ones right after it (a window still full) cut the rate further but teach nothing.
-        if not refusing:
-            learned = at
-        rate, refusing = cut, True
+        run += 1
+        if run == 1:
+            # The first refusal after an answer marks the rate the provider would not take; the
+            # ones right after it (a window still full) cut harder but teach nothing new.
+            learned = rate
+        rate = policy.after_throttle(rate, ceiling, run)
         # Give the provider's window one slot of air at the new pace.
         tat = max(tat, now) + policy.interval(rate)
-    return Pace(tat=tat, rate=rate, learned=learned, refusing=refusing)
+    return Pace(tat=tat, rate=rate, learned=learned, run=run)
 
 
 class Store(Protocol):
@@ -137,14 +137,12 @@ class RateLimiter:
         start = time.monotonic() + wait
         return Slots([start + i * interval for i in range(count)], interval, rate)
 
-    def report(self, key: str, ceiling: float, *, ok: int = 0, throttled: int = 0) -> float:
-        """Tell the pace how calls went; return the new rate."""
-        if not ok and not throttled:
-            return self.rate(key, ceiling)
+    def report(self, key: str, ceiling: float, *, ok: int = 0, throttled: int = 0) -> Pace:
+        """Tell the pace how calls went; return the new pace."""
 
-        def change(pace: Pace | None, now: float) -> tuple[Pace, float]:
+        def change(pace: Pace | None, now: float) -> tuple[Pace, Pace]:
             new = learn(pace, now, ceiling, ok=ok, throttled=throttled, policy=self.policy)
-            return new, new.rate
+            return new, new
 
         return self.store.transact(key, change)
 
@@ -199,7 +197,7 @@ class RedisStore:
                             "tat": new.tat,
                             "rate": new.rate,
                             "learned": new.learned,
-                            "refusing": int(new.refusing),
+                            "run": new.run,
                         },
                     )
                     pipe.expire(name, self.TTL_S)
@@ -215,7 +213,7 @@ def _parse(raw: Mapping[Any, Any]) -> Pace | None:
             tat=float(raw[b"tat"]),
             rate=float(raw[b"rate"]),
             learned=float(raw[b"learned"]),
-            refusing=raw.get(b"refusing") == b"1",
+            run=int(raw.get(b"run", b"0")),
         )
     except (KeyError, ValueError, TypeError):
         return None
@@ -236,21 +234,16 @@ class DatabaseStore:
             # processes cannot both read the same pace and both move it.
             session.execute(
                 insert(RateLimit)
-                .values(key=key, tat=0.0, rate=0.0, learned=0.0, refusing=False)
+                .values(key=key, tat=0.0, rate=0.0, learned=0.0, run=0)
                 .on_conflict_do_nothing(index_elements=["key"])
             )
             row = session.execute(
                 select(RateLimit).where(RateLimit.key == key).with_for_update()
             ).scalar_one()
             now = clock.now(self._settings).timestamp()
-            pace = Pace(row.tat, row.rate, row.learned, row.refusing) if row.rate > 0 else None
+            pace = Pace(row.tat, row.rate, row.learned, row.run) if row.rate > 0 else None
             new, result = change(pace, now)
-            row.tat, row.rate, row.learned, row.refusing = (
-                new.tat,
-                new.rate,
-                new.learned,
-                new.refusing,
-            )
+            row.tat, row.rate, row.learned, row.run = new.tat, new.rate, new.learned, new.run
             row.updated_at = clock.now(self._settings)
             return result
 
@@ -320,13 +313,14 @@ class Pacer:
         """The provider answered a call (anything but a refusal counts: it was let through)."""
         self._answered += 1
 
-    def refused(self) -> float:
+    def refused(self) -> Pace:
         """The provider refused a call (RequestLimitExceeded): cut the rate now, drop the slots
-        reserved at the old one. Returns the new rate."""
+        reserved at the old one. Returns the shared pace after the cut."""
         self._slots = []
         answered, self._answered = self._answered, 0
-        self.rate = self.limiter.report(self.key, self.ceiling, ok=answered, throttled=1)
-        return self.rate
+        pace = self.limiter.report(self.key, self.ceiling, ok=answered, throttled=1)
+        self.rate = pace.rate
+        return pace
 
     def close(self) -> None:
         """Report what is left (call once the batch is done)."""
@@ -335,4 +329,4 @@ class Pacer:
     def _report(self) -> None:
         if self._answered:
             answered, self._answered = self._answered, 0
-            self.rate = self.limiter.report(self.key, self.ceiling, ok=answered)
+            self.rate = self.limiter.report(self.key, self.ceiling, ok=answered).rate

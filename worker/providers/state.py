@@ -17,8 +17,9 @@ from worker.policy import ProviderBackoff
 
 log = logging.getLogger(__name__)
 BACKOFF = ProviderBackoff()
-#: Refusals in a row, with no answer between them, before the whole provider rests.
-PARK_AFTER_THROTTLES = 5
+#: Refusals in a row, with no answer between them, before the whole provider rests (the pace's
+#: cuts of 5, 10, 20, 40, 50 % ... have brought the rate to its floor well before).
+PARK_AFTER_THROTTLES = 10
 
 
 def load_states(session: Session) -> dict[str, ProviderState]:
@@ -41,15 +42,17 @@ def _locked(session: Session, kind: str, now: datetime) -> ProviderState:
     ).scalar_one()
 
 
-def throttle(session: Session, kind: str, now: datetime, *, rate: float) -> datetime | None:
-    """Count a RequestLimitExceeded. One refusal costs a little rate (the limiter's cut, already
-    made: ``rate`` is the new one), not the provider: only :data:`PARK_AFTER_THROTTLES` refusals
-    in a row, with no answer between them, back the whole provider off. Returns until when it
-    rests, or None."""
+def throttle(
+    session: Session, kind: str, now: datetime, *, rate: float, run: int
+) -> datetime | None:
+    """Record a RequestLimitExceeded (``run``: refusals in a row in the shared pace, after which
+    the pace's ``rate`` is cut). One refusal costs a little rate, not the provider: only
+    :data:`PARK_AFTER_THROTTLES` refusals in a row, with no answer between them (by then the rate
+    is at its floor), make the whole provider rest. Returns until when it rests, or None."""
     state = _locked(session, kind, now)
     if state.is_throttled(now):
         return state.throttled_until  # another worker already backed it off
-    state.consecutive_throttles += 1
+    state.consecutive_throttles = max(run, 1)
     state.updated_at = now
     context = {"kind": kind, "n": state.consecutive_throttles, "rate": round(rate, 2)}
     if state.consecutive_throttles < PARK_AFTER_THROTTLES:
