@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests import services
 from tests.api_server import ApiServer, free_port
@@ -17,6 +18,8 @@ from tests.integration.conftest import BASE_ENV, Api
 from worker.db import dispose_engines
 from worker.runtime.migrate import downgrade
 from worker.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +63,25 @@ def test_requests_are_counted_by_route_and_status(api: Api) -> None:
     assert "jobtracker_database_up 1.0" in text
 
 
+def compose_healthcheck(port: int) -> int:
+    """Run docker-compose.yml's healthcheck of the api service against ``port``."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    command = compose["services"]["api"]["healthcheck"]["test"]
+    assert command[:2] == ["CMD", "python"]
+    script = command[-1].replace(":8080/", f":{port}/")
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, timeout=30
+    ).returncode
+
+
 def test_readyz_fails_when_the_schema_is_behind(sqlite_url: str, tmp_path: Path) -> None:
     server = ApiServer({**BASE_ENV, "JOBTRACKER_DATABASE_URL": sqlite_url}, tmp_path).start()
     try:
         assert httpx.get(server.url + "/readyz").status_code == 200
+        assert compose_healthcheck(server.port) == 0
         downgrade("0001", Settings.from_env({"JOBTRACKER_DATABASE_URL": sqlite_url}))
         dispose_engines()
+        assert compose_healthcheck(server.port) != 0
         answer = httpx.get(server.url + "/readyz")
         assert answer.status_code == 503
         assert answer.json()["error"]["code"] == "not_ready"
