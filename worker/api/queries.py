@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from models import TERMINAL_STATUSES, TrackedJob, WebhookDelivery, utcnow
 from worker.api.errors import ApiError
 from worker.clients.registry import Caller, authenticate
-from worker.db import session_scope
+from worker.db import get_engine, session_scope
 from worker.flow.deliver import redeliver
 from worker.flow.enqueue import EnqueueRequest, insert_job
 from worker.ops.inspection import delivery_dict, expand_statuses, job_detail
@@ -33,8 +33,8 @@ _CURSOR_PREFIX = "v1:"
 
 
 def identify(settings: Settings, token: str) -> Caller | None:
-    with session_scope(settings) as session:
-        return authenticate(session, token, now=utcnow())
+    with get_engine(settings).connect() as conn:
+        return authenticate(conn, token, now=utcnow())
 
 
 def _visible(caller: Caller, job: TrackedJob | None) -> TrackedJob:
