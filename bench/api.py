@@ -33,14 +33,20 @@ import _common as c
 import httpx
 import requests
 
+from models import JobStatus, TrackedJob, utcnow
+from tests.api_server import MASTER_KEY, ApiServer, free_port
+from worker import track
+from worker.clients.registry import add_client
+from worker.db import session_scope
+from worker.flow.transition import Move, transition_many
+from worker.settings import Settings
+
 THREADS = 8
 BATCH = 50
 BATCH_EVERY_S = 0.1
 
 
 def _enqueue_in_process(settings: Any, count: int) -> tuple[float, list[float]]:
-    from worker import track
-
     def one(i: int) -> float:
         started = time.perf_counter()
         track(c.KIND, f"inproc-{i}-{uuid.uuid4().hex[:6]}", settings=settings)
@@ -135,10 +141,6 @@ async def _hold_and_finish(
 
 def _finish_all(settings: Any, job_pks: list[int]) -> dict[int, float]:
     """End the jobs BATCH per transaction every BATCH_EVERY_S; when each commit returned."""
-    from models import JobStatus, TrackedJob, utcnow
-    from worker.db import session_scope
-    from worker.flow.transition import Move, transition_many
-
     committed: dict[int, float] = {}
     for start in range(0, len(job_pks), BATCH):
         began = time.monotonic()
@@ -180,12 +182,6 @@ def wait_figures(
 
 
 def main() -> int:
-    from models import utcnow
-    from tests.api_server import MASTER_KEY, ApiServer, free_port
-    from worker.clients.registry import add_client
-    from worker.db import session_scope
-    from worker.settings import Settings
-
     args = c.parse_args(__doc__ or "")
     enqueues = 300 if args.quick else 4000
     waits = 100 if args.quick else 1000

@@ -52,7 +52,8 @@ def request_from_body(body: dict[str, Any], default_region: str) -> EnqueueReque
     for name in body:
         if name not in ENQUEUE_FIELDS:
             accepted = ", ".join(ENQUEUE_FIELDS)
-            raise ApiError(422, f"unknown field {name!r}: accepted are {accepted}", field=name)
+            shown = _short(name)
+            raise ApiError(422, f"unknown field {shown!r}: accepted are {accepted}", field=shown)
     for name, (required, _) in ENQUEUE_FIELDS.items():
         if required and name not in body:
             raise ApiError(422, f"{name} is required", field=name)
@@ -148,11 +149,18 @@ async def get_job_by_job_id(
     return await _answer(request, caller, job_pk, wait)
 
 
+def _short(text: str, limit: int = 64) -> str:
+    """A caller's string, cut for quoting in an error."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _checked(values: list[str], allowed: list[str], field: str) -> list[str]:
     for value in values:
         if value not in allowed:
             raise ApiError(
-                422, f"{field}: unknown value {value!r}; use {', '.join(allowed)}", field=field
+                422,
+                f"{field}: unknown value {_short(value)!r}; use {', '.join(allowed)}",
+                field=field,
             )
     return values
 
