@@ -199,8 +199,9 @@ def test_read_one_job_by_id_and_by_job_id(api: Api) -> None:
     bad_kind = http.get(f"/v1/jobs/image_animation/{job_id}")
     assert bad_kind.status_code == 422 and bad_kind.json()["error"]["field"] == "kind"
     assert http.get("/v1/jobs/999999999").status_code == 404
-    bad_id = http.get("/v1/jobs/abc")
-    assert bad_id.status_code == 422 and bad_id.json()["error"]["field"] == "id"
+    for bad in ("abc", "0", "-1", "9" * 30):
+        bad_id = http.get(f"/v1/jobs/{bad}")
+        assert bad_id.status_code == 422 and bad_id.json()["error"]["field"] == "id"
     too_long = http.get(f"/v1/jobs/{job['id']}", params={"wait": 61})
     assert too_long.status_code == 422 and too_long.json()["error"]["field"] == "wait"
 

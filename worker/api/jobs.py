@@ -6,7 +6,7 @@ import logging
 from typing import Annotated, Any
 
 from anyio import to_thread
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from models import JobStatus, Scope, utcnow
@@ -36,6 +36,8 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 Enqueuer = Annotated[Caller, Depends(require(Scope.ENQUEUE))]
 Reader = Annotated[Caller, Depends(require(Scope.READ))]
+#: Tracked job ids: positive 64-bit integers (a larger number would overflow the driver).
+JobPk = Annotated[int, Path(ge=1, le=2**63 - 1, description="The tracked job's id.")]
 Wait = Annotated[
     float,
     Query(
@@ -118,7 +120,7 @@ _READ_ERRORS = errors(401, 403, 404, 422, 429, 503)
 @router.get(
     "/{id}", summary="One job by tracked id", response_model=JobDetail, responses=_READ_ERRORS
 )
-async def get_job(request: Request, caller: Reader, id: int, wait: Wait = 0) -> JSONResponse:
+async def get_job(request: Request, caller: Reader, id: JobPk, wait: Wait = 0) -> JSONResponse:
     """The job, its transitions and its callback messages (each with every attempt)."""
     return await _answer(request, caller, id, wait)
 
