@@ -1,6 +1,7 @@
 """SQLAlchemy models: the tables users read with plain SQL (DESIGN.md "Tables")."""
 
 from models.base import Base, UTCDateTime, utcnow
+from models.clients import ApiClient, ApiToken, Scope
 from models.jobs import (
     ACTIVE_STATUSES,
     ALLOWED_TRANSITIONS,
@@ -19,12 +20,15 @@ __all__ = [
     "ACTIVE_STATUSES",
     "ALLOWED_TRANSITIONS",
     "TERMINAL_STATUSES",
+    "ApiClient",
+    "ApiToken",
     "Base",
     "DeliveryStatus",
     "JobStatus",
     "JobTransition",
     "ProviderState",
     "RateLimit",
+    "Scope",
     "TrackedJob",
     "UTCDateTime",
     "WebhookAttempt",

@@ -128,6 +128,8 @@ class TrackedJob(Base):
             sqlite_where=NO_DEADLINE_PREDICATE,
         ),
         Index("ix_tracked_jobs_created_at", "created_at"),
+        # A client's jobs, newest first (the API's pages).
+        Index("ix_tracked_jobs_client_id", "client_id", "id"),
         # The rules a row must keep (known kind, region name, metadata object, http(s) callback
         # URL, JobId without blanks) are CHECK constraints on PostgreSQL and triggers on SQLite:
         # see migrations/rules.py and migrations/versions/0002_table_rules.py.
@@ -162,6 +164,8 @@ class TrackedJob(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The service API client that enqueued the job; NULL for the other ways in.
+    client_id: Mapped[int | None] = mapped_column(ForeignKey("api_clients.id"))
 
     transitions: Mapped[list[JobTransition]] = relationship(
         back_populates="job", order_by="JobTransition.id", passive_deletes=True
@@ -205,6 +209,7 @@ class TrackedJob(Base):
             "next_poll_at": ts(self.next_poll_at) if not self.job_status.is_terminal else None,
             "deadline_at": ts(self.deadline_at),
             "finished_at": ts(self.finished_at),
+            "client_id": self.client_id,
         }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import select
@@ -27,15 +28,18 @@ def step(settings: Settings) -> int:
     return sum(len(c) for c in claims.values())
 
 
-def drive(settings: Settings, *, seconds: float = 15.0) -> None:
-    """Run steps until every job is terminal (or time runs out)."""
+def drive(
+    settings: Settings, *, seconds: float = 15.0, jobs: Collection[int] | None = None
+) -> None:
+    """Run steps until every job (or every one of ``jobs``) is terminal, or time runs out."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         step(settings)
+        query = select(TrackedJob.id).where(TrackedJob.status.in_(["pending", "queued", "running"]))
+        if jobs is not None:
+            query = query.where(TrackedJob.id.in_(list(jobs)))
         with session_scope(settings) as session:
-            active = session.execute(
-                select(TrackedJob.id).where(TrackedJob.status.in_(["pending", "queued", "running"]))
-            ).all()
+            active = session.execute(query).all()
         if not active:
             return
         time.sleep(0.05)

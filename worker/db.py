@@ -26,6 +26,12 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def libpq_url(url: str) -> str:
+    """A PostgreSQL URL as libpq (psycopg.connect) takes it, for a connection outside the pool."""
+    parsed = make_url(normalize_url(url)).set(drivername="postgresql")
+    return parsed.render_as_string(hide_password=False)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets the CLI read while the worker writes; busy_timeout makes writers queue instead of

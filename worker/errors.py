@@ -43,7 +43,23 @@ class ConfigError(JobTrackerError):
 
 
 class EnqueueError(JobTrackerError, ValueError):
-    """The job cannot be enqueued."""
+    """The job cannot be enqueued.
+
+    ``field`` names the request field that broke a rule (``kind``, ``job_id``...), so the HTTP
+    API can point at it while every way in gives the same one-line message.
+    """
+
+    def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ClientError(JobTrackerError, ValueError):
+    """The API client cannot be changed that way."""
+
+
+class NoClientSecretKey(ConfigError):
+    """JOBTRACKER_CLIENT_SECRET_KEY is not set: per-client webhook secrets cannot be derived."""
 
 
 class NotFoundError(JobTrackerError, LookupError):

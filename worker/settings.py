@@ -8,6 +8,7 @@ process starts instead of being discovered mid-run.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -72,6 +73,20 @@ class Settings:
     log_level: str = "INFO"
     #: Port of the Prometheus endpoint; 0 turns it off.
     metrics_port: int = 0
+    #: ``jobtracker api``: the address and port it listens on.
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    #: Proxies whose ``X-Forwarded-For`` / ``-Proto`` headers are believed (IPs, networks, ``*``).
+    api_trusted_proxies: tuple[str, ...] = ("127.0.0.1",)
+    #: Larger request bodies are refused with 413 before they are read.
+    api_max_body_bytes: int = 64 * 1024
+    #: Requests per second each API client may make on average, and how many at once.
+    api_rate_per_s: float = 20.0
+    api_burst: int = 40
+    #: How long a rotated token or webhook secret keeps working next to the new one.
+    api_rotation_grace_s: float = 86400.0
+    #: The master key per-client webhook secrets are derived from (never logged or stored).
+    client_secret_key: bytes | None = field(default=None, repr=False)
 
     @property
     def request_deadline_s(self) -> float:
@@ -173,6 +188,24 @@ class Settings:
             metrics_port=int(
                 reader.number("JOBTRACKER_METRICS_PORT", 0, minimum=0, integer=True, maximum=65535)
             ),
+            api_host=_check_host(reader.text("JOBTRACKER_API_HOST") or "127.0.0.1"),
+            api_port=int(
+                reader.number("JOBTRACKER_API_PORT", 8080, minimum=1, integer=True, maximum=65535)
+            ),
+            api_trusted_proxies=_parse_proxies(reader.text("JOBTRACKER_API_TRUSTED_PROXIES")),
+            api_max_body_bytes=int(
+                reader.number(
+                    "JOBTRACKER_API_MAX_BODY_BYTES",
+                    64 * 1024,
+                    minimum=1024,
+                    maximum=16 * 1024 * 1024,
+                    integer=True,
+                )
+            ),
+            api_rate_per_s=reader.number("JOBTRACKER_API_RATE", 20.0, minimum=0.01),
+            api_burst=int(reader.number("JOBTRACKER_API_BURST", 40, minimum=1, integer=True)),
+            api_rotation_grace_s=reader.number("JOBTRACKER_API_ROTATION_GRACE", 86400.0, minimum=0),
+            client_secret_key=_parse_master_key(reader.text("JOBTRACKER_CLIENT_SECRET_KEY")),
         )
         if settings.lease_s <= settings.request_deadline_s + settings.lease_margin_s:
             # A claim must outlast one whole request and the batch's write, or no job is polled.
@@ -272,6 +305,46 @@ def _parse_secrets(raw: str | None) -> tuple[str, ...]:
                 "base64 of at least 16 bytes"
             )
     return secrets
+
+
+#: The shortest master key accepted: 32 characters of ``secrets.token_urlsafe(32)`` carry 192 bits.
+MIN_CLIENT_SECRET_KEY_CHARS = 32
+
+
+def _parse_master_key(raw: str | None) -> bytes | None:
+    if raw is None:
+        return None
+    if len(raw) < MIN_CLIENT_SECRET_KEY_CHARS:
+        # Never echo the key itself.
+        raise ConfigError(
+            f"JOBTRACKER_CLIENT_SECRET_KEY is {len(raw)} characters long; use at least "
+            f"{MIN_CLIENT_SECRET_KEY_CHARS} random ones, e.g. from "
+            '`python3 -c "import secrets; print(secrets.token_urlsafe(32))"`'
+        )
+    return raw.encode()
+
+
+def _check_host(host: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9.:\-\[\]]+", host):
+        raise ConfigError(f"JOBTRACKER_API_HOST={host!r} is not an address or host name")
+    return host.strip("[]")
+
+
+def _parse_proxies(raw: str | None) -> tuple[str, ...]:
+    if not raw:
+        return ("127.0.0.1",)
+    entries = tuple(p for p in re.split(r"[\s,]+", raw) if p)
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"JOBTRACKER_API_TRUSTED_PROXIES: {entry!r} is not an IP address, a network "
+                "(10.0.0.0/8) or *"
+            ) from None
+    return entries
 
 
 def _parse_schedule(raw: str | None) -> tuple[float, ...]:

@@ -14,12 +14,19 @@ from sqlalchemy import text
 
 from worker.db import make_engine
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 class Tracker:
     """``jobtracker run`` with a given environment; its output goes to ``log_path``."""
 
     def __init__(self, env: dict[str, str], cwd: Path, name: str = "tracker") -> None:
         self.env = {**os.environ, **env}
+        # The code of this tree, even when another checkout is the one installed in the venv
+        # (a benchmark run from a copy, a second worktree).
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(ROOT), self.env.get("PYTHONPATH", "")) if p
+        )
         self.cwd = cwd
         self.log_path = cwd / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None

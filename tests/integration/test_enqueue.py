@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, func, select, text
 from models import TrackedJob, utcnow
 from worker.db import normalize_url, session_scope
 from worker.errors import EnqueueError
-from worker.flow.enqueue import track
+from worker.flow.enqueue import track, validate
 from worker.flow.tick import claim_due
 from worker.ops.cli import main
 from worker.settings import Settings
@@ -119,6 +119,17 @@ def test_bad_input_is_refused_and_stores_nothing(
     with pytest.raises(EnqueueError, match=message):
         track(**args, settings=settings)
     assert count_rows(db_url) == 0
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_INPUTS)
+def test_each_refusal_names_the_field_that_broke_the_rule(
+    change: dict[str, Any], message: str
+) -> None:
+    """The service API answers 422 naming the field; the field travels on the one error."""
+    args: dict[str, Any] = {"kind": "image_animate", "job_id": "1194931538865782784", **change}
+    with pytest.raises(EnqueueError, match=message) as caught:
+        validate(args.pop("kind"), args.pop("job_id"), **args, default_region="ap-guangzhou")
+    assert caught.value.field == next(iter(change))
 
 
 def _cli_args(change: dict[str, Any]) -> list[str]:

@@ -23,6 +23,8 @@ TABLES = {
     "webhook_attempts",
     "provider_states",
     "rate_limits",
+    "api_clients",
+    "api_tokens",
 }
 
 
@@ -118,3 +120,42 @@ def test_the_database_refuses_bad_rows(db_url: str) -> None:
         with pytest.raises(Exception, match=r"(?i)constraint|check"), engine.begin() as conn:
             conn.execute(text(statement))
     engine.dispose()
+
+
+def test_the_api_clients_revision_goes_down_and_up_keeping_jobs_and_their_history(
+    empty_db: str,
+) -> None:
+    """0002 on a database with rows: the downgrade drops only what it added (on SQLite too,
+    where rebuilding tracked_jobs with foreign keys on would cascade into its history)."""
+    settings = Settings.from_env({"JOBTRACKER_DATABASE_URL": empty_db})
+    upgrade("head", settings)
+    engine = create_engine(normalize_url(empty_db))
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO api_clients (name, scopes) VALUES ('svc', 'read')"))
+        conn.execute(
+            text(
+                "INSERT INTO tracked_jobs (kind, job_id, client_id) VALUES "
+                "('image_animate', 'a', (SELECT id FROM api_clients)), ('image_animate', 'b', NULL)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO job_transitions (tracked_job_id, from_status, to_status) "
+                "SELECT id, 'pending', 'running' FROM tracked_jobs"
+            )
+        )
+    engine.dispose()
+    downgrade("0001", settings)
+    dispose_engines()
+    engine = create_engine(normalize_url(empty_db))
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM job_transitions")).scalar_one() == 2
+        assert conn.execute(text("SELECT count(*) FROM tracked_jobs")).scalar_one() == 2
+        columns = {c["name"] for c in inspect(conn).get_columns("tracked_jobs")}
+        assert "client_id" not in columns
+        assert not {"api_clients", "api_tokens"} & set(inspect(conn).get_table_names())
+        checks = {c["name"] for c in inspect(conn).get_check_constraints("tracked_jobs")}
+        assert "ck_tracked_jobs_finished_iff_terminal" in checks
+    engine.dispose()
+    upgrade("head", settings)
+    assert _diff(empty_db) == []

@@ -46,6 +46,7 @@ def substitute(value: str) -> str:
         "TENCENTCLOUD_SECRET_ID": "AKIDsample",
         "TENCENTCLOUD_SECRET_KEY": "sample-key",
         "JOBTRACKER_WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "JOBTRACKER_CLIENT_SECRET_KEY": "sample-master-key-of-more-than-32-characters",
     }
 
     def one(match: re.Match[str]) -> str:
@@ -64,10 +65,10 @@ def compose() -> dict[str, Any]:
 
 def test_services_and_dependencies(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert {"postgres", "redis", "migrate", "worker", "beat"} <= set(services)
-    for name in ("postgres", "redis"):
+    assert {"postgres", "redis", "migrate", "worker", "beat", "api"} <= set(services)
+    for name in ("postgres", "redis", "api"):
         assert "healthcheck" in services[name]
-    for name in ("worker", "beat"):
+    for name in ("worker", "beat", "api"):
         depends = services[name]["depends_on"]
         assert depends["postgres"]["condition"] == "service_healthy"
         assert depends["redis"]["condition"] == "service_healthy"
@@ -104,6 +105,10 @@ def test_commands_match_the_real_cli(compose: dict[str, Any]) -> None:
             pytest.fail(f"{name}: unexpected program {program}")
 
 
+def _settings(service: dict[str, Any]) -> Settings:
+    return Settings.from_env({k: substitute(v) for k, v in service["environment"].items()})
+
+
 def test_environment_is_what_the_settings_read(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         if name in ("postgres", "redis"):
@@ -116,8 +121,32 @@ def test_environment_is_what_the_settings_read(compose: dict[str, Any]) -> None:
         assert settings.database_url.startswith("postgresql+psycopg://")
         assert settings.database_url.split("@")[1].startswith("postgres:")
         assert settings.broker_url.startswith("redis://redis:")
+        if name == "api":
+            continue
         assert settings.has_credentials
         assert settings.webhook_secrets
+        # The worker signs API clients' callbacks: it derives their secrets from this key.
+        assert settings.client_secret_key
+
+
+def test_api_service_listens_publicly_with_no_secrets_and_a_readiness_check(
+    compose: dict[str, Any],
+) -> None:
+    api = compose["services"]["api"]
+    assert api["command"] == ["jobtracker", "api"]
+    settings = _settings(api)
+    assert settings.api_host == "0.0.0.0"
+    assert f"{settings.api_port}:{settings.api_port}" in api["ports"]
+    assert f"{settings.metrics_port}:{settings.metrics_port}" in api["ports"]
+    # The internet-facing process holds no provider credentials and no signing keys.
+    assert not settings.has_credentials
+    assert settings.client_secret_key is None and not settings.webhook_secrets
+    # The same database and broker (the shared rate limit) as the worker.
+    worker = _settings(compose["services"]["worker"])
+    assert (settings.database_url, settings.broker_url) == (worker.database_url, worker.broker_url)
+    assert settings.metrics_port != worker.metrics_port
+    check = " ".join(api["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{settings.api_port}/readyz" in check
 
 
 def test_flower_service_runs_celery_flower_with_the_extra_installed(
@@ -141,7 +170,7 @@ def test_worker_serves_metrics_on_a_published_port(compose: dict[str, Any]) -> N
     assert f"{port}:{port}" in worker_service["ports"]
     # The worker keeps the shared settings (the YAML merge did not drop them).
     assert env["JOBTRACKER_DATABASE_URL"].startswith("postgresql+psycopg://")
-    # Only the worker serves metrics: beat and the one-shot migration do not.
+    # Only the worker (and the API) serve metrics: beat and the one-shot migration do not.
     for name in ("beat", "migrate"):
         assert "JOBTRACKER_METRICS_PORT" not in compose["services"][name]["environment"]
 

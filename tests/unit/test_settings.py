@@ -86,6 +86,14 @@ def test_secrets_are_not_in_the_repr(tmp_path: Path) -> None:
         ({"JOBTRACKER_LOG_FORMAT": "xml"}, "text"),
         ({"JOBTRACKER_METRICS_PORT": "70000"}, "between 0 and 65535"),
         ({"JOBTRACKER_WEBHOOK_BLOCK_PRIVATE": "maybe"}, "true or false"),
+        ({"JOBTRACKER_API_PORT": "0"}, "JOBTRACKER_API_PORT"),
+        ({"JOBTRACKER_API_HOST": "0.0.0.0; rm"}, "JOBTRACKER_API_HOST"),
+        ({"JOBTRACKER_API_TRUSTED_PROXIES": "10.0.0.0/8,proxy"}, "'proxy' is not an IP"),
+        ({"JOBTRACKER_API_MAX_BODY_BYTES": "10"}, "JOBTRACKER_API_MAX_BODY_BYTES"),
+        ({"JOBTRACKER_API_RATE": "0"}, "JOBTRACKER_API_RATE"),
+        ({"JOBTRACKER_API_BURST": "1.5"}, "JOBTRACKER_API_BURST"),
+        ({"JOBTRACKER_API_ROTATION_GRACE": "-1"}, "JOBTRACKER_API_ROTATION_GRACE"),
+        ({"JOBTRACKER_CLIENT_SECRET_KEY": "short"}, "JOBTRACKER_CLIENT_SECRET_KEY is 5 char"),
     ],
 )
 def test_bad_values_are_refused_at_start(tmp_path: Path, env: dict[str, str], message: str) -> None:
@@ -103,3 +111,30 @@ def test_a_database_password_is_not_echoed(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         make(tmp_path, JOBTRACKER_DATABASE_URL="mysql://user:hunter2@h/db")
     assert "hunter2" not in str(info.value)
+
+
+def test_service_api_settings(tmp_path: Path) -> None:
+    s = make(tmp_path)
+    assert (s.api_host, s.api_port, s.api_trusted_proxies) == ("127.0.0.1", 8080, ("127.0.0.1",))
+    assert (s.api_max_body_bytes, s.api_rate_per_s, s.api_burst) == (65536, 20.0, 40)
+    assert s.client_secret_key is None
+    key = "k3y-" * 10
+    s = make(
+        tmp_path,
+        JOBTRACKER_API_HOST="0.0.0.0",
+        JOBTRACKER_API_PORT="9000",
+        JOBTRACKER_API_TRUSTED_PROXIES="10.0.0.0/8, 192.168.1.7",
+        JOBTRACKER_API_MAX_BODY_BYTES="2048",
+        JOBTRACKER_API_RATE="5.5",
+        JOBTRACKER_API_BURST="11",
+        JOBTRACKER_API_ROTATION_GRACE="3600",
+        JOBTRACKER_CLIENT_SECRET_KEY=key,
+    )
+    assert (s.api_host, s.api_port) == ("0.0.0.0", 9000)
+    assert s.api_trusted_proxies == ("10.0.0.0/8", "192.168.1.7")
+    assert (s.api_max_body_bytes, s.api_rate_per_s, s.api_burst) == (2048, 5.5, 11)
+    assert s.api_rotation_grace_s == 3600
+    assert s.client_secret_key == key.encode() and key not in repr(s)
+    with pytest.raises(ConfigError) as info:
+        make(tmp_path, JOBTRACKER_CLIENT_SECRET_KEY="tooshortsecret")
+    assert "tooshortsecret" not in str(info.value)

@@ -24,14 +24,16 @@ from sqlalchemy.orm import Session
 
 from models import DeliveryStatus, WebhookAttempt, WebhookDelivery
 from worker import clock
+from worker.clients.registry import callback_secrets
 from worker.db import session_scope
-from worker.errors import NotFoundError
+from worker.errors import NoClientSecretKey, NotFoundError
 from worker.flow.leases import claim
 from worker.ops import metrics
 from worker.ops.logs import log_context
 from worker.policy import DeliveryPolicy
 from worker.settings import Settings
-from worker.webhooks.send import send
+from worker.webhooks.classify import AttemptError
+from worker.webhooks.send import AttemptOutcome, refuse, send
 from worker.webhooks.signing import encode_body
 from worker.webhooks.transport import make_session
 
@@ -170,11 +172,17 @@ def deliver_one(
             values={"lease_expires_at": lease},
             returning=[WebhookDelivery],
         )
-    if not taken:
-        return None
-    delivery: WebhookDelivery = taken[0][0]
+        if not taken:
+            return None
+        delivery: WebhookDelivery = taken[0][0]
+        try:
+            secrets: tuple[str, ...] | NoClientSecretKey = callback_secrets(
+                session, delivery.tracked_job_id, settings, now=now
+            )
+        except NoClientSecretKey as exc:
+            secrets = exc
     with log_context(delivery_id=delivery.id, tracked_job_id=delivery.tracked_job_id):
-        return _attempt(delivery, lease, now, settings, policy)
+        return _attempt(delivery, lease, now, settings, policy, secrets)
 
 
 def _attempt(
@@ -183,18 +191,28 @@ def _attempt(
     now: datetime,
     settings: Settings,
     policy: DeliveryPolicy,
+    secrets: tuple[str, ...] | NoClientSecretKey,
 ) -> str:
-    """One attempt of a message this sender holds until ``lease``; record it, plan the next."""
-    outcome = send(
-        delivery.url,
-        delivery.id,
-        encode_body(delivery.payload),
-        settings.webhook_secrets,
-        policy=policy,
-        session=_http(),
-        # The signed webhook-timestamp: the database clock, which receivers check for freshness.
-        now=clock.now(settings),
-    )
+    """One attempt of a message this sender holds until ``lease``; record it, plan the next.
+
+    ``secrets`` sign it: the job's API client's, or ``JOBTRACKER_WEBHOOK_SECRET``; or why there
+    are none, which makes a failed attempt (``no_secret``), retried like any other.
+    """
+    outcome: AttemptOutcome
+    if isinstance(secrets, NoClientSecretKey):
+        outcome = refuse(delivery.url, delivery.id, AttemptError.NO_SECRET, secrets.message)
+    else:
+        outcome = send(
+            delivery.url,
+            delivery.id,
+            encode_body(delivery.payload),
+            secrets,
+            policy=policy,
+            session=_http(),
+            # The signed webhook-timestamp: the database clock, which receivers check for
+            # freshness.
+            now=clock.now(settings),
+        )
     attempts = delivery.attempts + 1
     done = clock.now(settings)
     values: dict[str, Any] = {

@@ -7,12 +7,14 @@ A plain SQL INSERT relies on the table's defaults and constraints instead.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -53,12 +55,12 @@ def validate(
     metadata: Any = None,
     default_region: str,
 ) -> EnqueueRequest:
-    """Check a request; raise :class:`EnqueueError` with a one-line message if it is bad."""
-    if not isinstance(kind, str) or kind not in PROVIDERS:
-        known = ", ".join(PROVIDERS)
-        raise EnqueueError(f"unknown kind {kind!r}: use one of {known}")
+    """Check a request; raise :class:`EnqueueError` with a one-line message if it is bad.
+
+    The error's ``field`` names the argument that broke the rule.
+    """
     return EnqueueRequest(
-        kind=kind,
+        kind=_validate_kind(kind),
         job_id=_validate_job_id(job_id),
         region=_validate_region(default_region if region is None else region),
         callback_url=None if callback_url is None else _validate_callback(callback_url),
@@ -66,6 +68,35 @@ def validate(
     )
 
 
+_Checked = TypeVar("_Checked")
+
+
+def _field(name: str) -> Callable[[Callable[[Any], _Checked]], Callable[[Any], _Checked]]:
+    """Mark the errors a field's check raises with the field's name."""
+
+    def decorate(check: Callable[[Any], _Checked]) -> Callable[[Any], _Checked]:
+        @functools.wraps(check)
+        def checked(value: Any) -> _Checked:
+            try:
+                return check(value)
+            except EnqueueError as exc:
+                exc.field = exc.field or name
+                raise
+
+        return checked
+
+    return decorate
+
+
+@_field("kind")
+def _validate_kind(kind: Any) -> str:
+    if not isinstance(kind, str) or kind not in PROVIDERS:
+        known = ", ".join(PROVIDERS)
+        raise EnqueueError(f"unknown kind {kind!r}: use one of {known}")
+    return kind
+
+
+@_field("job_id")
 def _validate_job_id(job_id: Any) -> str:
     if not isinstance(job_id, str):
         raise EnqueueError(f"job_id must be a string, not {type(job_id).__name__}")
@@ -83,12 +114,14 @@ def _validate_job_id(job_id: Any) -> str:
     return job_id
 
 
+@_field("region")
 def _validate_region(region: Any) -> str:
     if not isinstance(region, str) or not REGION_RE.match(region) or len(region) > 64:
         raise EnqueueError(f"region {region!r} is not a Tencent region name such as ap-guangzhou")
     return region
 
 
+@_field("callback_url")
 def _validate_callback(url: Any) -> str:
     if not isinstance(url, str):
         raise EnqueueError(f"callback_url must be a string, not {type(url).__name__}")
@@ -99,6 +132,7 @@ def _validate_callback(url: Any) -> str:
         raise EnqueueError(f"callback_url: {exc}") from None
 
 
+@_field("metadata")
 def _validate_metadata(metadata: Any) -> dict[str, Any]:
     if metadata is None:
         return {}
@@ -130,10 +164,20 @@ def _json_type(value: Any) -> str:
 
 
 def insert_job(
-    session: Session, request: EnqueueRequest, *, deadline_s: float, now: datetime
+    session: Session,
+    request: EnqueueRequest,
+    *,
+    deadline_s: float,
+    now: datetime,
+    client_id: int | None = None,
 ) -> tuple[TrackedJob, bool]:
-    """Insert the row unless (kind, region, job_id) exists; return it and whether it is new."""
+    """Insert the row unless (kind, region, job_id) exists; return it and whether it is new.
+
+    ``client_id`` is the service API client enqueuing it (None for the other ways in). An
+    existing row is returned as it is, whoever enqueued it: the caller decides who may see it.
+    """
     values = {
+        "client_id": client_id,
         "deadline_at": now + timedelta(seconds=deadline_s),
         "kind": request.kind,
         "region": request.region,

@@ -10,6 +10,10 @@ the one place an ``expired`` move is built, whoever gives up on the job.
 The statements are built once with bound parameters (building an UPDATE of twenty columns per
 poll cost more CPU than the database round trip), and the history and outbox rows of a batch go
 in one executemany each.
+
+On PostgreSQL a batch that ends jobs also sends ``NOTIFY jobtracker_terminal`` with their ids, in
+the same transaction: PostgreSQL delivers it only if and when the transaction commits, so a
+listener (the service API's ``?wait=``) learns of a terminal status exactly when it is visible.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, update
+from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session
 
@@ -75,6 +79,12 @@ _ATTRIBUTES = tuple(attr.key for attr in sa_inspect(TrackedJob).column_attrs)
 _RECORD = insert(_table(JobTransition))
 _OUTBOX = insert(_table(WebhookDelivery))
 
+
+#: The PostgreSQL channel told the ids (comma-separated) of the jobs a transaction ended.
+TERMINAL_CHANNEL = "jobtracker_terminal"
+#: NOTIFY payloads must stay under 8000 bytes.
+_NOTIFY_CHUNK_CHARS = 7000
+_NOTIFY = select(func.pg_notify(TERMINAL_CHANNEL, bindparam("ids")))
 
 #: The ``error_code`` of a job jobtracker gave up on (DESIGN.md: ``expired``).
 DEADLINE_CODE = "Tracker.DeadlineExceeded"
@@ -184,7 +194,24 @@ def transition_many(
     if outbox:
         conn.execute(_OUTBOX, outbox)
         send_after_commit(session, [row["id"] for row in outbox])
+    _notify_terminal(conn, [r.job.id for r in applied if r.job.job_status.is_terminal])
     return applied, conflicts
+
+
+def _notify_terminal(conn: Connection, job_ids: list[int]) -> None:
+    """Tell listeners which jobs this transaction ends, once it commits (PostgreSQL only)."""
+    if not job_ids or conn.dialect.name != "postgresql":
+        return
+    chunks: list[list[str]] = [[]]
+    size = 0
+    for job_id in map(str, job_ids):
+        if size + len(job_id) + 1 > _NOTIFY_CHUNK_CHARS:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(job_id)
+        size += len(job_id) + 1
+    for chunk in chunks:
+        conn.execute(_NOTIFY, {"ids": ",".join(chunk)})
 
 
 def _log_move(job: TrackedJob, from_status: JobStatus, reason: str | None) -> None:

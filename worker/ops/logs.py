@@ -26,7 +26,8 @@ from worker.settings import Settings
 
 _CONTEXT: ContextVar[dict[str, Any]] = ContextVar("jobtracker_log_context")
 #: Attributes every LogRecord has; anything else came from ``extra=`` or :func:`log_context`.
-_STANDARD = set(RESERVED_ATTRS) | {"message", "asctime", "taskName"}
+#: (uvicorn adds ``color_message``, a copy of the message with terminal colours.)
+_STANDARD = set(RESERVED_ATTRS) | {"message", "asctime", "taskName", "color_message"}
 
 
 @contextmanager

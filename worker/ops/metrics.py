@@ -21,7 +21,10 @@ Metric names (all prefixed ``jobtracker_``): ``polls_total{kind,outcome}``,
 ``deliveries_total{outcome}``, ``delivery_duration_seconds``, ``tick_duration_seconds``,
 ``jobs{kind,status}``, ``oldest_active_job_age_seconds{kind,status}``,
 ``provider_paused{kind}``, ``provider_throttled{kind}``, ``deliveries_pending``,
-``unpollable_jobs{kind}``, ``database_up``.
+``unpollable_jobs{kind}``, ``database_up``; and in the service API process (``jobtracker api``):
+``api_requests_total{route,method,status}``, ``api_request_duration_seconds{route,method}``,
+``api_waiting_requests``. ``route`` is the route's template (``/v1/jobs/{id}``), never the
+path itself, so the label set stays small whatever the callers send.
 """
 
 from __future__ import annotations
@@ -91,6 +94,27 @@ TICK_SECONDS = Histogram(
     "Time one tick took to claim due jobs and send their poll tasks.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+
+API_REQUESTS = Counter(
+    "jobtracker_api_requests",
+    "Service API requests answered, by route template, method and HTTP status.",
+    ["route", "method", "status"],
+)
+API_REQUEST_SECONDS = Histogram(
+    "jobtracker_api_request_duration_seconds",
+    "Time the service API took to answer, by route template and method (?wait= included).",
+    ["route", "method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 60.0),
+)
+API_WAITING = Gauge(
+    "jobtracker_api_waiting_requests",
+    "Service API requests held open by ?wait= until their job ends.",
+)
+
+
+def record_api_request(route: str, method: str, status: int, seconds: float) -> None:
+    API_REQUESTS.labels(route, method, str(status)).inc()
+    API_REQUEST_SECONDS.labels(route, method).observe(seconds)
 
 
 def record_poll(kind: str, error: ProviderError | None, error_class: ErrorClass | None) -> None:

@@ -286,3 +286,30 @@ def stats_page(stats: Mapping[str, Any]) -> str:
                 f"({p['consecutive_throttles']} in a row)"
             )
     return "\n".join(lines)
+
+
+def clients_table(clients: Sequence[Mapping[str, Any]], now: datetime) -> str:
+    """``jobtracker clients list``: no token or secret, only which tokens exist."""
+    rows = []
+    for c in clients:
+        tokens = ", ".join(
+            t["prefix"] + (f" (until {format_time(t['expires_at'])})" if t["expires_at"] else "")
+            for t in c["tokens"]
+        )
+        secret = f"#{c['secret_generation']}"
+        if c["previous_secret_until"]:
+            until = format_time(c["previous_secret_until"])
+            secret += f" (+ #{c['secret_generation'] - 1} until {until})"
+        rows.append(
+            [
+                c["name"],
+                " ".join(c["scopes"]),
+                ago(c["created_at"], now),
+                "revoked " + ago(c["revoked_at"], now) + " ago" if c["revoked_at"] else "active",
+                tokens or "-",
+                secret,
+            ]
+        )
+    return table(
+        ["client", "scopes", "age", "state", "tokens", "webhook secret"], rows, max_cell=80
+    )

@@ -59,6 +59,8 @@ class Slots:
     instants: list[float]
     interval: float
     rate: float
+    #: How long until the first free slot (when none was reserved: how far away it is).
+    wait_s: float = 0.0
 
 
 def plan(
@@ -135,7 +137,7 @@ class RateLimiter:
 
         wait, count, interval, rate = self.store.transact(key, change)
         start = time.monotonic() + wait
-        return Slots([start + i * interval for i in range(count)], interval, rate)
+        return Slots([start + i * interval for i in range(count)], interval, rate, wait)
 
     def report(self, key: str, ceiling: float, *, ok: int = 0, throttled: int = 0) -> Pace:
         """Tell the pace how calls went; return the new pace."""
@@ -157,15 +159,16 @@ class RateLimiter:
 
 
 class LocalStore:
-    """The pace in this process only."""
+    """The pace in this process only (``clock``: its time source, seconds)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._paces: dict[str, Pace] = {}
+        self._clock = clock
 
     def transact(self, key: str, change: Callable[[Pace | None, float], tuple[Pace, T]]) -> T:
         with self._lock:
-            pace, result = change(self._paces.get(key), time.monotonic())
+            pace, result = change(self._paces.get(key), self._clock())
             self._paces[key] = pace
             return result
 

@@ -25,7 +25,14 @@ from worker.webhooks.signing import NoWebhookSecret, sign_headers
 from worker.webhooks.transport import PinnedAdapter, make_session, pinned
 from worker.webhooks.urls import CallbackResolutionError, loggable_url, resolve_callback_url
 
-__all__ = ["USER_AGENT", "AttemptError", "AttemptOutcome", "parse_retry_after", "send"]
+__all__ = [
+    "USER_AGENT",
+    "AttemptError",
+    "AttemptOutcome",
+    "parse_retry_after",
+    "refuse",
+    "send",
+]
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +189,12 @@ def send(
         retry_after_s=retry_after,
         gone=status == 410,
     )
+
+
+def refuse(url: str, msg_id: str, error_class: AttemptError, message: str) -> AttemptOutcome:
+    """An attempt that was not made (nothing to sign with, say), logged like one that was."""
+    attempt = _Attempt(url, msg_id, time.monotonic(), ())
+    return attempt.failed(error_class, message, level=logging.ERROR)
 
 
 def parse_retry_after(value: str | None, *, now: datetime, cap_s: float) -> float | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from worker.ops.cli import inspect
+from worker.ops.cli.api import api
+from worker.ops.cli.clients import clients
 from worker.ops.cli.enqueue import enqueue
 from worker.ops.cli.run import db, demo, run
 
@@ -24,6 +26,8 @@ for command in (
     inspect.redeliver,
     inspect.stats,
     db,
+    api,
+    clients,
     demo,
 ):
     main.add_command(command)

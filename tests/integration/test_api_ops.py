@@ -1,0 +1,110 @@
+"""Operating the service API: the per-client rate limit (429 + Retry-After), request metrics on
+the Prometheus endpoint, readiness against the schema, and refusing to start unmigrated."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests import services
+from tests.api_server import ApiServer, free_port
+from tests.integration.conftest import BASE_ENV, Api
+from worker.db import dispose_engines
+from worker.runtime.migrate import downgrade
+from worker.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def api_env(api_database: str) -> dict[str, str]:
+    return {
+        "JOBTRACKER_API_RATE": "2",
+        "JOBTRACKER_API_BURST": "3",
+        "JOBTRACKER_METRICS_PORT": str(free_port()),
+    }
+
+
+def test_each_client_is_held_to_its_rate_with_retry_after(api: Api) -> None:
+    greedy, calm = api.new_client(), api.new_client()
+    http = api.http(greedy.token)
+    answers = [http.get("/v1/jobs") for _ in range(6)]
+    statuses = [a.status_code for a in answers]
+    # The burst of 3 goes through; then about 2 per second.
+    assert statuses[:3] == [200, 200, 200]
+    assert 429 in statuses[3:]
+    limited = next(a for a in answers if a.status_code == 429)
+    assert limited.json()["error"]["code"] == "rate_limited"
+    assert int(limited.headers["Retry-After"]) >= 1
+    # Another client is not held back by the greedy one.
+    assert api.http(calm.token).get("/v1/jobs").status_code == 200
+    # After Retry-After, the greedy one may go on.
+    time.sleep(int(limited.headers["Retry-After"]))
+    assert http.get("/v1/jobs").status_code == 200
+
+
+def test_requests_are_counted_by_route_and_status(api: Api) -> None:
+    client = api.new_client()
+    api.http(client.token).get("/v1/jobs/123456789")
+    api.http().get("/v1/jobs")
+    port = api.env["JOBTRACKER_METRICS_PORT"]
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    assert 'jobtracker_api_requests_total{method="GET",route="/v1/jobs/{id}",status="404"}' in text
+    assert 'jobtracker_api_requests_total{method="GET",route="/v1/jobs",status="401"}' in text
+    assert 'jobtracker_api_request_duration_seconds_bucket{le="0.005",method="GET"' in text
+    assert "jobtracker_api_waiting_requests 0.0" in text
+    # The same registry as the worker's: the database gauges are there too.
+    assert "jobtracker_database_up 1.0" in text
+
+
+def compose_healthcheck(port: int) -> int:
+    """Run docker-compose.yml's healthcheck of the api service against ``port``."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    command = compose["services"]["api"]["healthcheck"]["test"]
+    assert command[:2] == ["CMD", "python"]
+    script = command[-1].replace(":8080/", f":{port}/")
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, timeout=30
+    ).returncode
+
+
+def test_readyz_fails_when_the_schema_is_behind(sqlite_url: str, tmp_path: Path) -> None:
+    server = ApiServer({**BASE_ENV, "JOBTRACKER_DATABASE_URL": sqlite_url}, tmp_path).start()
+    try:
+        assert httpx.get(server.url + "/readyz").status_code == 200
+        assert compose_healthcheck(server.port) == 0
+        downgrade("0001", Settings.from_env({"JOBTRACKER_DATABASE_URL": sqlite_url}))
+        dispose_engines()
+        assert compose_healthcheck(server.port) != 0
+        answer = httpx.get(server.url + "/readyz")
+        assert answer.status_code == 503
+        assert answer.json()["error"]["code"] == "not_ready"
+        assert "revision 0001" in answer.json()["error"]["message"]
+        assert httpx.get(server.url + "/healthz").status_code == 200  # the process is up
+    finally:
+        server.stop()
+
+
+def test_the_api_refuses_to_start_on_an_unmigrated_shared_database(tmp_path: Path) -> None:
+    services.require("PostgreSQL", services.pg_error())
+    name = services.unique_name("jt_api_empty")
+    url = services.create_database(name)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "worker", "api", "--port", str(free_port())],
+            env={"PATH": "/usr/bin:/bin", "JOBTRACKER_DATABASE_URL": url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+    finally:
+        services.drop_database(name)
+    assert done.returncode == 2
+    assert "run `jobtracker db upgrade`" in done.stderr

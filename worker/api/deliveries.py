@@ -1,0 +1,35 @@
+"""``/v1/deliveries``: send a callback again."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from anyio import to_thread
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from models import Scope
+from worker.api import queries
+from worker.api.auth import context, require
+from worker.api.schemas import Delivery, errors
+from worker.clients.registry import Caller
+
+router = APIRouter(prefix="/v1/deliveries", tags=["callbacks"])
+
+
+@router.post(
+    "/{id}/redeliver",
+    status_code=202,
+    summary="Send a callback again",
+    response_model=Delivery,
+    responses=errors(401, 403, 404, 429),
+)
+async def redeliver(
+    request: Request, caller: Annotated[Caller, Depends(require(Scope.ENQUEUE))], id: str
+) -> JSONResponse:
+    """Make one of your callback messages (``id`` is its ``webhook-id``) due again, whatever its
+    status: the worker sends it on its next sweep (within a few seconds), same ``webhook-id``,
+    freshly signed. Watch it with ``GET /v1/jobs/{id}``."""
+    ctx = context(request)
+    delivery = await to_thread.run_sync(queries.redeliver_for, ctx.settings, caller, id)
+    return JSONResponse(delivery, status_code=202)

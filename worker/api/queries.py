@@ -1,0 +1,180 @@
+"""The database work behind the routes. Plain blocking functions: the routes run them on worker
+threads (``anyio.to_thread``), so the event loop only ever waits on sockets.
+
+Who may see what is decided here, once: a client sees and redelivers only the jobs it enqueued,
+an ``admin`` client every job. A job another client owns is "not found", exactly like a job that
+does not exist, so its existence is not disclosed either.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from models import TERMINAL_STATUSES, TrackedJob, WebhookDelivery
+from worker import clock
+from worker.api.errors import ApiError
+from worker.clients.registry import Caller, authenticate
+from worker.db import get_engine, session_scope
+from worker.flow.deliver import redeliver
+from worker.flow.enqueue import EnqueueRequest, insert_job
+from worker.ops.inspection import delivery_dict, expand_statuses, job_detail
+from worker.runtime.migrate import current_revision
+from worker.settings import Settings
+
+NOT_FOUND = "no such job"
+_CURSOR_PREFIX = "v1:"
+
+
+def identify(settings: Settings, token: str) -> Caller | None:
+    with get_engine(settings).connect() as conn:
+        return authenticate(conn, token, now=clock.now(settings))
+
+
+def _visible(caller: Caller, job: TrackedJob | None) -> TrackedJob:
+    if job is None or not (caller.admin or job.client_id == caller.id):
+        raise ApiError(404, NOT_FOUND)
+    return job
+
+
+def enqueue(
+    settings: Settings, caller: Caller, request: EnqueueRequest
+) -> tuple[dict[str, Any], bool]:
+    """Store the job for ``caller``; return it and whether it is new.
+
+    The same client asking again gets its job back (idempotent). A job tracked for another
+    client, or enqueued another way, is a conflict, and the answer says nothing more of it.
+    """
+    with session_scope(settings) as session:
+        job, created = insert_job(
+            session,
+            request,
+            deadline_s=settings.job_deadline_s,
+            now=clock.now(settings),
+            client_id=caller.id,
+        )
+        if not created and job.client_id != caller.id and not caller.admin:
+            raise ApiError(
+                409,
+                "this (kind, region, job_id) is already tracked for someone else",
+                code="already_tracked",
+            )
+        return job.to_dict(), created
+
+
+def detail(settings: Settings, caller: Caller, job_pk: int) -> dict[str, Any]:
+    """The job with its transitions and callbacks (each with every attempt)."""
+    with session_scope(settings) as session:
+        return job_detail(session, _visible(caller, session.get(TrackedJob, job_pk)))
+
+
+def find(settings: Settings, caller: Caller, kind: str, region: str, job_id: str) -> int:
+    """The tracked id of (kind, region, job_id), if the caller may see it."""
+    with session_scope(settings) as session:
+        job = session.execute(
+            select(TrackedJob).where(
+                TrackedJob.kind == kind, TrackedJob.region == region, TrackedJob.job_id == job_id
+            )
+        ).scalar_one_or_none()
+        return _visible(caller, job).id
+
+
+def is_active(settings: Settings, job_pk: int) -> bool:
+    with session_scope(settings) as session:
+        status = session.execute(
+            select(TrackedJob.status).where(TrackedJob.id == job_pk)
+        ).scalar_one_or_none()
+    return status is not None and status not in {s.value for s in TERMINAL_STATUSES}
+
+
+@dataclass(frozen=True)
+class PageQuery:
+    statuses: Sequence[str] = ()
+    kinds: Sequence[str] = ()
+    since: datetime | None = None
+    #: Only jobs older (smaller id) than this one: the previous page's last.
+    before_id: int | None = None
+    limit: int = 50
+
+
+def encode_cursor(job_pk: int) -> str:
+    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{job_pk}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raw = ""
+    number = raw.removeprefix(_CURSOR_PREFIX)
+    if not raw.startswith(_CURSOR_PREFIX) or not number.isdigit() or len(number) > 18:
+        raise ApiError(
+            422, "cursor: not a cursor this API gave (use next_cursor as is)", field="cursor"
+        )
+    return int(number)
+
+
+def page(settings: Settings, caller: Caller, query: PageQuery) -> dict[str, Any]:
+    """Jobs newest first (by id), ``limit`` at a time, continuing below ``before_id``.
+
+    Keyset pagination on the primary key: a page is the next ``limit`` ids below the cursor,
+    so jobs inserted meanwhile (higher ids) never shift a later page, and no job is seen twice.
+    """
+    stmt = select(TrackedJob)
+    if not caller.admin:
+        stmt = stmt.where(TrackedJob.client_id == caller.id)
+    if query.statuses:
+        stmt = stmt.where(TrackedJob.status.in_(expand_statuses(query.statuses)))
+    if query.kinds:
+        stmt = stmt.where(TrackedJob.kind.in_(list(query.kinds)))
+    if query.since is not None:
+        stmt = stmt.where(TrackedJob.created_at >= query.since)
+    if query.before_id is not None:
+        stmt = stmt.where(TrackedJob.id < query.before_id)
+    stmt = stmt.order_by(TrackedJob.id.desc()).limit(query.limit + 1)
+    with session_scope(settings) as session:
+        jobs = list(session.execute(stmt).scalars())
+        more = len(jobs) > query.limit
+        jobs = jobs[: query.limit]
+        return {
+            "jobs": [job.to_dict() for job in jobs],
+            "next_cursor": encode_cursor(jobs[-1].id) if more else None,
+        }
+
+
+def redeliver_for(settings: Settings, caller: Caller, delivery_id: str) -> dict[str, Any]:
+    """Make one of the caller's callback messages due now; the worker's sweep sends it."""
+    with session_scope(settings) as session:
+        _owned_delivery(session, caller, delivery_id)
+    delivery = redeliver(settings, delivery_id)
+    return delivery_dict(delivery)
+
+
+def _owned_delivery(session: Session, caller: Caller, delivery_id: str) -> None:
+    row = session.execute(
+        select(TrackedJob.client_id)
+        .join(WebhookDelivery, WebhookDelivery.tracked_job_id == TrackedJob.id)
+        .where(WebhookDelivery.id == delivery_id)
+    ).first()
+    if row is None or not (caller.admin or row.client_id == caller.id):
+        raise ApiError(404, "no such delivery")
+
+
+def readiness(settings: Settings, head: str | None) -> str | None:
+    """None when the database answers and is at ``head``; else what is wrong."""
+    with session_scope(settings) as session:
+        session.execute(text("SELECT 1"))
+    current = current_revision(settings)
+    if current != head:
+        return (
+            f"the database is at revision {current or 'none (empty)'}, this jobtracker needs "
+            f"{head}: run `jobtracker db upgrade`"
+        )
+    return None

@@ -1,0 +1,167 @@
+"""``jobtracker clients add / list / revoke / rotate-token / rotate-secret``: who may call the
+service API.
+
+A token and a webhook secret are printed once, when they are made, and never again: only the
+token's hash is stored, and the secret is derived when a callback is signed. Lost one? Rotate it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import click
+
+from models import Scope, utcnow
+from worker.clients.registry import (
+    Issued,
+    add_client,
+    client_dict,
+    list_clients,
+    revoke_client,
+    rotate_secret,
+    rotate_token,
+)
+from worker.db import session_scope
+from worker.errors import ClientError, NoClientSecretKey, NotFoundError
+from worker.ops.cli.common import AGE, JSON_OPTION, fail, print_json, read_settings, ready_settings
+from worker.ops.tables import clients_table, format_time
+from worker.settings import Settings
+
+GRACE_OPTION = click.option(
+    "--grace",
+    type=AGE,
+    help="How long the old one keeps working too (default: JOBTRACKER_API_ROTATION_GRACE).",
+)
+
+
+@click.group()
+def clients() -> None:
+    """Service API clients: tokens, scopes and webhook secrets."""
+
+
+def _grace_s(settings: Settings, grace: timedelta | None) -> float:
+    return settings.api_rotation_grace_s if grace is None else grace.total_seconds()
+
+
+def _show(issued: Issued, settings: Settings, as_json: bool, what: str) -> None:
+    now = utcnow()
+    with session_scope(settings) as session:
+        entry = client_dict(session, session.merge(issued.client), now=now)
+    if as_json:
+        shown: dict[str, Any] = {"client": entry}
+        if issued.token:
+            shown["token"] = issued.token
+        if issued.webhook_secret:
+            shown["webhook_secret"] = issued.webhook_secret
+        print_json(shown)
+        return
+    click.echo(f"client {entry['name']!r} {what} (scopes: {' '.join(entry['scopes'])})")
+    if issued.token:
+        click.echo("token, shown this once (send it as Authorization: Bearer <token>):")
+        click.echo(f"  {issued.token}")
+    if issued.webhook_secret:
+        click.echo("webhook secret of its callbacks, shown this once (verify with it):")
+        click.echo(f"  {issued.webhook_secret}")
+    if entry["previous_secret_until"] and issued.webhook_secret:
+        until = format_time(entry["previous_secret_until"])
+        click.echo(f"the previous secret signs callbacks too until {until} UTC")
+    expiring = [t for t in entry["tokens"] if t["expires_at"]]
+    if issued.token and expiring:
+        until = format_time(min(t["expires_at"] for t in expiring))
+        click.echo(f"the previous token keeps working until {until} UTC")
+
+
+@clients.command("add")
+@click.argument("name")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    required=True,
+    type=click.Choice([s.value for s in Scope]),
+    help="enqueue (POST), read (GET), admin (everything, every job). Repeatable.",
+)
+@JSON_OPTION
+def add(name: str, scopes: tuple[str, ...], as_json: bool) -> None:
+    """Add a client; print its token and webhook secret, once."""
+    settings = ready_settings()
+    try:
+        with session_scope(settings) as session:
+            issued = add_client(
+                session, name, scopes, master_key=settings.client_secret_key, now=utcnow()
+            )
+    except NoClientSecretKey as exc:
+        fail(str(exc), 2)
+    except ClientError as exc:
+        fail(str(exc), 1)
+    _show(issued, settings, as_json, "added")
+
+
+@clients.command("list")
+@JSON_OPTION
+def list_(as_json: bool) -> None:
+    """List clients, their scopes and tokens (prefixes only), revoked ones included."""
+    settings = read_settings()
+    now = utcnow()
+    with session_scope(settings) as session:
+        rows = list_clients(session, now=now)
+    if as_json:
+        print_json(rows)
+    elif rows:
+        click.echo(clients_table(rows, now))
+    else:
+        click.echo(
+            "no API clients; add one with `jobtracker clients add NAME --scope ...`", err=True
+        )
+
+
+@clients.command()
+@click.argument("name")
+def revoke(name: str) -> None:
+    """Revoke a client: every token of it stops working now (its jobs go on)."""
+    settings = read_settings()
+    try:
+        with session_scope(settings) as session:
+            revoke_client(session, name, now=utcnow())
+    except NotFoundError as exc:
+        fail(str(exc), 1)
+    click.echo(f"client {name!r} revoked: its tokens no longer work")
+
+
+@clients.command("rotate-token")
+@click.argument("name")
+@GRACE_OPTION
+@JSON_OPTION
+def rotate_token_command(name: str, grace: timedelta | None, as_json: bool) -> None:
+    """Issue a new token; the old one keeps working for the grace period."""
+    settings = read_settings()
+    try:
+        with session_scope(settings) as session:
+            issued = rotate_token(session, name, grace_s=_grace_s(settings, grace), now=utcnow())
+    except (NotFoundError, ClientError) as exc:
+        fail(str(exc), 1)
+    _show(issued, settings, as_json, "has a new token")
+
+
+@clients.command("rotate-secret")
+@click.argument("name")
+@GRACE_OPTION
+@JSON_OPTION
+def rotate_secret_command(name: str, grace: timedelta | None, as_json: bool) -> None:
+    """Issue a new webhook secret; both sign callbacks during the grace period."""
+    settings = read_settings()
+    try:
+        with session_scope(settings) as session:
+            issued = rotate_secret(
+                session,
+                name,
+                master_key=settings.client_secret_key,
+                grace_s=_grace_s(settings, grace),
+                now=utcnow(),
+            )
+    except NoClientSecretKey as exc:
+        fail(str(exc), 2)
+    except (NotFoundError, ClientError) as exc:
+        fail(str(exc), 1)
+    _show(issued, settings, as_json, "has a new webhook secret")
