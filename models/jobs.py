@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import (
     CheckConstraint,
     ColumnElement,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -78,6 +79,8 @@ def _sql_list(statuses: frozenset[JobStatus]) -> str:
 
 #: The one source of the partial index predicate: rows the tick may still claim.
 ACTIVE_PREDICATE = text(f"status IN ({_sql_list(ACTIVE_STATUSES)})")
+#: Finished rows (the learning of durations reads the newest through an index on this).
+FINISHED_PREDICATE = text("finished_at IS NOT NULL")
 #: Active rows inserted without a deadline (plain SQL): the tick gives them one.
 NO_DEADLINE_PREDICATE = text(f"deadline_at IS NULL AND status IN ({_sql_list(ACTIVE_STATUSES)})")
 
@@ -128,6 +131,14 @@ class TrackedJob(Base):
             sqlite_where=NO_DEADLINE_PREDICATE,
         ),
         Index("ix_tracked_jobs_created_at", "created_at"),
+        # The newest finished jobs of a kind: what the adaptive schedule learns from.
+        Index(
+            "ix_tracked_jobs_finished",
+            "kind",
+            "finished_at",
+            postgresql_where=FINISHED_PREDICATE,
+            sqlite_where=FINISHED_PREDICATE,
+        ),
         # A client's jobs, newest first (the API's pages).
         Index("ix_tracked_jobs_client_id", "client_id", "id"),
         # The rules a row must keep (known kind, region name, metadata object, http(s) callback
@@ -152,6 +163,11 @@ class TrackedJob(Base):
     polls: Mapped[int] = mapped_column(Integer, server_default="0")
     last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     next_poll_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    #: When the provider last answered that the job had not finished (its true finish lies
+    #: between this and ``finished_at``: the detection bound).
+    last_unfinished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The caller's hint of how long the job takes, in seconds (the schedule uses it).
+    expected_duration_s: Mapped[float | None] = mapped_column(Float(precision=53))
     #: When the job becomes ``expired``; NULL means created_at + JOBTRACKER_JOB_DEADLINE.
     deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: A worker holds the row until then (a claim); an expired lease may be claimed again.
@@ -208,6 +224,8 @@ class TrackedJob(Base):
             "last_polled_at": ts(self.last_polled_at),
             "next_poll_at": ts(self.next_poll_at) if not self.job_status.is_terminal else None,
             "deadline_at": ts(self.deadline_at),
+            "expected_duration_s": self.expected_duration_s,
+            "last_unfinished_at": ts(self.last_unfinished_at),
             "finished_at": ts(self.finished_at),
             "client_id": self.client_id,
         }

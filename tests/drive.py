@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection
-from datetime import datetime
 
 from sqlalchemy import select
 
 from models import TrackedJob
 from worker.db import session_scope
-from worker.flow.poll import poll_batch
+from worker.flow.poll import ClaimItem, poll_batch
 from worker.flow.tick import claim_all, expire_unreachable
 from worker.settings import Settings
 
@@ -20,9 +19,9 @@ def step(settings: Settings) -> int:
     expire_unreachable(settings)
     claims = claim_all(settings)
     for kind, claimed in claims.items():
-        by_region: dict[str, list[tuple[int, datetime]]] = {}
+        by_region: dict[str, list[ClaimItem]] = {}
         for c in claimed:
-            by_region.setdefault(c.region, []).append((c.id, c.lease))
+            by_region.setdefault(c.region, []).append((c.id, c.lease, c.due))
         for region, batch in by_region.items():
             poll_batch(kind, region, batch, settings)
     return sum(len(c) for c in claims.values())

@@ -29,13 +29,16 @@ def jitter(delay: float, fraction: float, rand: Rand = random.random) -> float:
 
 @dataclass(frozen=True)
 class PollPolicy:
-    """When a job is polled next.
+    """When a job is polled next by the plain backoff: the schedule of kinds with too little
+    history to learn from, of jobs that outlive what was learned, and of everything when
+    ``JOBTRACKER_POLL_SCHEDULE=backoff`` (the adaptive schedule is in :mod:`worker.adaptive`).
 
     After an answer with no error, the ``n``-th poll of a job (n = polls made, from 1) waits
-    ``clamp(min_s * growth ** (n - 1), min_s, max_s)``, jittered by ±``jitter`` and clamped again,
-    so young jobs are polled often and old ones settle at ``max_s``.
-    After ``e`` consecutive errors it waits ``clamp(min_s * error_growth ** e, min_s, max_s)``
-    jittered the same way: transient errors back off harder than healthy polls.
+    ``clamp(start_s * growth ** (n - 1), min_s, max_s)`` (``start_s`` defaults to ``min_s``),
+    jittered by ±``jitter`` and clamped again, so young jobs are polled often and old ones
+    settle at ``max_s``. After ``e`` consecutive errors it waits
+    ``clamp(start_s * error_growth ** e, min_s, max_s)`` jittered the same way: transient errors
+    back off harder than healthy polls.
     """
 
     min_s: float = 5.0
@@ -43,21 +46,72 @@ class PollPolicy:
     growth: float = 1.5
     error_growth: float = 3.0
     jitter: float = 0.2
+    start_s: float | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PollPolicy:
-        return cls(min_s=settings.poll_interval_min_s, max_s=settings.poll_interval_max_s)
+        # The backoff starts at 5 s as it always did, even with the lower interval floor the
+        # adaptive schedule is allowed (JOBTRACKER_POLL_INTERVAL_MIN, 1 s by default).
+        return cls(
+            min_s=settings.poll_interval_min_s,
+            max_s=settings.poll_interval_max_s,
+            start_s=max(BACKOFF_START_S, settings.poll_interval_min_s),
+        )
 
     def _clamp(self, delay: float) -> float:
         return max(self.min_s, min(self.max_s, delay))
 
+    @property
+    def _start(self) -> float:
+        return self.min_s if self.start_s is None else self.start_s
+
     def next_delay(self, polls: int, rand: Rand = random.random) -> float:
-        base = self._clamp(self.min_s * self.growth ** max(0, min(polls - 1, 64)))
+        base = self._clamp(self._start * self.growth ** max(0, min(polls - 1, 64)))
         return self._clamp(jitter(base, self.jitter, rand))
 
     def error_delay(self, errors: int, rand: Rand = random.random) -> float:
-        base = self._clamp(self.min_s * self.error_growth ** max(1, min(errors, 64)))
+        base = self._clamp(self._start * self.error_growth ** max(1, min(errors, 64)))
         return self._clamp(jitter(base, self.jitter, rand))
+
+
+#: Where the plain backoff starts (before JOBTRACKER_POLL_INTERVAL_MIN could go below it).
+BACKOFF_START_S = 5.0
+
+
+@dataclass(frozen=True)
+class AdaptivePolicy:
+    """The adaptive schedule's knobs (:mod:`worker.adaptive`).
+
+    ``seconds_per_call``: how many seconds of mean detection latency one provider call is worth
+    (``JOBTRACKER_POLL_SECONDS_PER_CALL``). The schedule minimises, over the learned durations
+    of the kind, ``calls + detection latency / seconds_per_call``: polls come where finishes are
+    likely, and a call is spent only where it is expected to save that much waiting. Each gap is
+    jittered by ±``jitter`` (fresh answers at varied ages also keep the learning sharp).
+
+    A kind needs ``min_samples`` finished jobs among the last ``window`` before its schedule is
+    learned; until then, and for a job that outlives what was learned, the backoff
+    (:class:`PollPolicy`) applies. Recent jobs weigh more: a job ``half_life`` finishes older
+    than the newest counts half, so a change of the provider's speed shows within tens of jobs.
+    ``early_check``: poll once at enqueue anyway (``JOBTRACKER_POLL_EARLY_CHECK``).
+    """
+
+    seconds_per_call: float = 8.0
+    jitter: float = 0.1
+    min_samples: int = 30
+    window: int = 400
+    half_life: int = 80
+    early_check: bool = False
+    min_s: float = 1.0
+    max_s: float = 300.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AdaptivePolicy:
+        return cls(
+            seconds_per_call=settings.poll_seconds_per_call,
+            early_check=settings.poll_early_check,
+            min_s=settings.poll_interval_min_s,
+            max_s=settings.poll_interval_max_s,
+        )
 
 
 @dataclass(frozen=True)

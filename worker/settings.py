@@ -52,8 +52,14 @@ class Settings:
     secret_id: str | None = field(default=None, repr=False)
     secret_key: str | None = field(default=None, repr=False)
     tick_seconds: float = 5.0
-    poll_interval_min_s: float = 5.0
+    poll_interval_min_s: float = 1.0
     poll_interval_max_s: float = 300.0
+    #: ``adaptive`` (learned from the kind's recent durations) or ``backoff`` (the plain one).
+    poll_schedule: str = "adaptive"
+    #: Seconds of mean detection latency one provider call is worth (the adaptive schedule).
+    poll_seconds_per_call: float = 8.0
+    #: Poll once at enqueue anyway (the adaptive schedule would wait for the first finishes).
+    poll_early_check: bool = False
     job_deadline_s: float = 86400.0
     #: How long a JobNotExist / JobNotFound answer is treated as transient after enqueue.
     not_found_grace_s: float = 300.0
@@ -133,7 +139,7 @@ class Settings:
             endpoints[kind] = _check_endpoint(name, reader.text(name) or spec.default_endpoint)
             qps[kind] = reader.number(_env_name(kind, "QPS"), 20.0, minimum=0.1)
 
-        poll_min = reader.number("JOBTRACKER_POLL_INTERVAL_MIN", 5.0, minimum=0.01)
+        poll_min = reader.number("JOBTRACKER_POLL_INTERVAL_MIN", 1.0, minimum=0.01)
         poll_max = reader.number("JOBTRACKER_POLL_INTERVAL_MAX", 300.0, minimum=0.01)
         if poll_max < poll_min:
             raise ConfigError(
@@ -169,6 +175,11 @@ class Settings:
             tick_seconds=reader.number("JOBTRACKER_TICK_SECONDS", 5.0, minimum=0.1),
             poll_interval_min_s=poll_min,
             poll_interval_max_s=poll_max,
+            poll_schedule=_choice(reader, "JOBTRACKER_POLL_SCHEDULE", ("adaptive", "backoff")),
+            poll_seconds_per_call=reader.number(
+                "JOBTRACKER_POLL_SECONDS_PER_CALL", 8.0, minimum=0.01
+            ),
+            poll_early_check=reader.flag("JOBTRACKER_POLL_EARLY_CHECK"),
             job_deadline_s=reader.number("JOBTRACKER_JOB_DEADLINE", 86400.0, minimum=1),
             not_found_grace_s=reader.number("JOBTRACKER_NOT_FOUND_GRACE", 300.0, minimum=0),
             lease_s=reader.number("JOBTRACKER_LEASE_SECONDS", 120.0, minimum=1),
@@ -257,6 +268,14 @@ class _Reader:
         if raw in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{name}={raw!r}: use true or false")
+
+
+def _choice(reader: _Reader, name: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` (the first by default), case-insensitive."""
+    value = (reader.text(name) or choices[0]).lower()
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r}: use {' or '.join(choices)}")
+    return value
 
 
 def _check_database_url(url: str) -> None:

@@ -81,7 +81,15 @@ def _api_body(change: dict[str, Any]) -> dict[str, Any]:
     return {"kind": "image_animate", "job_id": unique("bad"), **change}
 
 
-@pytest.mark.parametrize(("change", "message"), [c for c in BAD_INPUTS if "nan" not in repr(c[0])])
+def _json_can_carry(change: dict[str, Any]) -> bool:
+    try:
+        json.dumps(change, allow_nan=False)
+    except ValueError:
+        return False  # NaN, Infinity: the strict body parser refuses them before validate()
+    return True
+
+
+@pytest.mark.parametrize(("change", "message"), [c for c in BAD_INPUTS if _json_can_carry(c[0])])
 def test_every_bad_input_rule_is_a_422_naming_the_field_with_validates_message(
     api: Api, change: dict[str, Any], message: str
 ) -> None:
@@ -292,6 +300,7 @@ def test_health_readiness_and_the_generated_documentation(api: Api) -> None:
         "region",
         "callback_url",
         "metadata",
+        "expected_duration_s",
     }
     assert document["components"]["securitySchemes"]["token"]["scheme"] == "bearer"
     docs = http.get("/docs")

@@ -369,7 +369,7 @@ def test_a_stale_batch_loses_its_status_move_to_the_new_holder(
     track("image_animate", "succeed-1-stale", settings=settings)
     [first] = claim_all(settings)["image_animate"]
     with session_scope(settings) as session:
-        [(job, lease)] = load_claimed(session, [(first.id, first.lease)])
+        [(job, lease, _)] = load_claimed(session, [(first.id, first.lease)])
     stale = Outcome(job=job, lease=lease, polled=True)
     stale.answer = get_client("image_animate", "ap-guangzhou", settings).query(job.job_id)
     decide(stale, settings, PollPolicy.from_settings(settings), utcnow())

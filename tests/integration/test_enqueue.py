@@ -107,6 +107,12 @@ BAD_INPUTS: list[tuple[dict[str, Any], str]] = [
     ({"metadata": {"f": float("nan")}}, "JSON"),
     ({"region": "Guangzhou"}, "region"),
     ({"region": "ap guangzhou"}, "region"),
+    ({"expected_duration_s": 0}, "above 0"),
+    ({"expected_duration_s": -5}, "above 0"),
+    ({"expected_duration_s": 31 * 86400}, "30 days"),
+    ({"expected_duration_s": "soon"}, "not a number"),
+    ({"expected_duration_s": float("inf")}, "number of seconds"),
+    ({"expected_duration_s": True}, "number of seconds"),
 ]
 
 
@@ -141,6 +147,8 @@ def _cli_args(change: dict[str, Any]) -> list[str]:
                 f"--{name.replace('_', '-')}",
                 value if isinstance(value, str) else json.dumps(value),
             ]
+    if "expected_duration_s" in change:
+        args += ["--expected-duration", str(change["expected_duration_s"])]
     return args
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from worker.flow.enqueue import MAX_JOB_ID_CHARS, MAX_METADATA_BYTES
+from worker.flow.enqueue import MAX_EXPECTED_DURATION_S, MAX_JOB_ID_CHARS, MAX_METADATA_BYTES
 from worker.providers.table import PROVIDERS
 
 #: ``?wait=`` holds a request at most this long.
@@ -63,6 +63,17 @@ ENQUEUE_FIELDS: dict[str, tuple[bool, dict[str, Any]]] = {
             "type": "object",
             "description": f"Echoed back in the callback; at most {MAX_METADATA_BYTES} bytes.",
             "example": {"order": 42},
+        },
+    ),
+    "expected_duration_s": (
+        False,
+        {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": MAX_EXPECTED_DURATION_S,
+            "description": "How long the job should take, in seconds, if you know: the poll "
+            "schedule is shaped around it.",
+            "example": 90,
         },
     ),
 }
@@ -117,6 +128,8 @@ class Job(BaseModel):
     last_polled_at: str | None
     next_poll_at: str | None
     deadline_at: str | None
+    expected_duration_s: float | None
+    last_unfinished_at: str | None
     finished_at: str | None
     client_id: int | None = Field(description="The API client that enqueued it, if any.")
 

@@ -296,7 +296,7 @@ def sweep(settings: Settings) -> int:
             values={"lease_expires_at": lease},
             returning=[WebhookDelivery.id],
         )
-        send_after_commit(session, [row.id for row in taken], lease=lease)
+        send_after_commit(session, [row[0] for row in taken], lease=lease)
     return len(taken)
 
 

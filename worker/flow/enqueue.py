@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ class EnqueueRequest:
     region: str
     callback_url: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: The caller's hint of how long the job takes, in seconds (the poll schedule uses it).
+    expected_duration_s: float | None = None
 
 
 def validate(
@@ -53,6 +56,7 @@ def validate(
     callback_url: Any = None,
     region: Any = None,
     metadata: Any = None,
+    expected_duration_s: Any = None,
     default_region: str,
 ) -> EnqueueRequest:
     """Check a request; raise :class:`EnqueueError` with a one-line message if it is bad.
@@ -65,6 +69,9 @@ def validate(
         region=_validate_region(default_region if region is None else region),
         callback_url=None if callback_url is None else _validate_callback(callback_url),
         metadata=_validate_metadata(metadata),
+        expected_duration_s=(
+            None if expected_duration_s is None else _validate_duration(expected_duration_s)
+        ),
     )
 
 
@@ -112,6 +119,33 @@ def _validate_job_id(job_id: Any) -> str:
         if unicodedata.category(char).startswith("C"):
             raise EnqueueError(f"job_id {job_id!r} contains a control character")
     return job_id
+
+
+#: A duration hint longer than this is not a job-query API's job.
+MAX_EXPECTED_DURATION_S = 30 * 86400.0
+
+
+@_field("expected_duration_s")
+def _validate_duration(value: Any) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise EnqueueError(
+                f"expected_duration_s {value!r} is not a number of seconds"
+            ) from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise EnqueueError(
+            f"expected_duration_s must be a number of seconds, not {_json_type(value)}"
+        )
+    if not math.isfinite(value):
+        raise EnqueueError("expected_duration_s must be a finite number of seconds")
+    if not 0 < value <= MAX_EXPECTED_DURATION_S:
+        raise EnqueueError(
+            f"expected_duration_s {value:g} must be above 0 and at most "
+            f"{MAX_EXPECTED_DURATION_S:g} seconds (30 days)"
+        )
+    return float(value)
 
 
 @_field("region")
@@ -183,6 +217,7 @@ def insert_job(
         "region": request.region,
         "job_id": request.job_id,
         "callback_url": request.callback_url,
+        "expected_duration_s": request.expected_duration_s,
         "meta": request.metadata,
     }
     dialect = session.get_bind().dialect.name
@@ -210,13 +245,15 @@ def track(
     callback_url: str | None = None,
     region: str | None = None,
     metadata: dict[str, Any] | str | None = None,
+    expected_duration_s: float | None = None,
     *,
     settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Start tracking a provider job; return the tracked job as a dict.
 
-    Idempotent on (kind, region, job_id): a second call returns the existing row unchanged.
-    Raises :class:`~worker.errors.EnqueueError` for bad input, storing nothing.
+    ``expected_duration_s`` is an optional hint of how long the job takes (the poll schedule
+    uses it). Idempotent on (kind, region, job_id): a second call returns the existing row
+    unchanged. Raises :class:`~worker.errors.EnqueueError` for bad input, storing nothing.
     """
     settings = settings or get_settings()
     request = validate(
@@ -225,6 +262,7 @@ def track(
         callback_url=callback_url,
         region=region,
         metadata=metadata,
+        expected_duration_s=expected_duration_s,
         default_region=settings.region,
     )
     return enqueue(request, settings)

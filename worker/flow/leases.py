@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, TextClause, select, update
+from sqlalchemy import ColumnElement, TextClause, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 
@@ -32,18 +32,28 @@ def claim(
     limit: int,
     values: dict[str, Any],
     returning: Sequence[Any],
-) -> Sequence[Row[Any]]:
+    before: Sequence[InstrumentedAttribute[Any]] = (),
+) -> list[tuple[Any, ...]]:
     """Claim up to ``limit`` rows of ``model`` matching ``due``; set ``values`` (the lease) on
-    them and return ``returning`` for each row taken. ``due`` must stop matching a row once
-    ``values`` are set (a lease in the future), or a second claimer could take it again."""
+    them and return, for each row taken, ``returning`` (as the UPDATE left the row) followed by
+    ``before`` (as the SELECT read it, before the lease changed it). ``due`` must stop matching
+    a row once ``values`` are set (a lease in the future), or a second claimer could take it
+    again."""
     key = model.id
-    query = select(key).where(*due)
+    query = select(key, *before).where(*due)
     if order_by is not None:
         query = query.order_by(order_by)
-    ids = list(session.execute(query.limit(limit).with_for_update(skip_locked=True)).scalars())
-    if not ids:
+    chosen = {
+        row[0]: tuple(row[1:])
+        for row in session.execute(query.limit(limit).with_for_update(skip_locked=True))
+    }
+    if not chosen:
         return []
-    return session.execute(
-        update(model).where(key.in_(ids), *due).values(**values).returning(*returning),
+    taken = session.execute(
+        update(model)
+        .where(key.in_(list(chosen)), *due)
+        .values(**values)
+        .returning(key, *returning),
         execution_options={"synchronize_session": False},
     ).all()
+    return [(*row[1:], *chosen[row[0]]) for row in taken]

@@ -18,6 +18,7 @@ from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
 from models import ALLOWED_TRANSITIONS, JobStatus, TrackedJob
+from worker.adaptive.model import next_poll_at
 from worker.errors import ErrorClass, JobTerminalError, ProviderError, UnexpectedAnswer
 from worker.flow.transition import JOBS, Move, expiry, transition_many
 from worker.policy import PollPolicy
@@ -37,6 +38,7 @@ _TOUCH = (
         next_poll_at=bindparam("b_next_poll_at"),
         provider_status=bindparam("b_provider_status"),
         last_error_code=bindparam("b_last_error_code"),
+        last_unfinished_at=bindparam("b_last_unfinished_at"),
         last_error_message=bindparam("b_last_error_message"),
         consecutive_errors=bindparam("b_consecutive_errors"),
         deadline_at=bindparam("b_deadline_at"),
@@ -69,6 +71,8 @@ class BatchReport:
     errors: int = 0
     released: int = 0
     skipped: int = 0
+    #: Not polled yet and put off to their schedule's first poll (no call made).
+    deferred: int = 0
     delivery_ids: list[str] = field(default_factory=list)
 
 
@@ -98,7 +102,10 @@ def decide(outcome: Outcome, settings: Settings, policy: PollPolicy, now: dateti
                     error_code=answer.error_code,
                     error_message=answer.error_message,
                 )
-        outcome.next_poll_at = now + timedelta(seconds=policy.next_delay(job.polls + 1))
+        if not answer.status.is_terminal:
+            # The finish lies after this answer: what the schedule learns from (and plans by).
+            outcome.values["last_unfinished_at"] = now
+            outcome.next_poll_at = next_poll_at(job, now, settings, policy)
     elif outcome.error is not None:
         error = outcome.error
         if outcome.error_class is ErrorClass.JOB_TERMINAL:
@@ -202,6 +209,9 @@ def write_outcomes(
                 "b_next_poll_at": outcome.next_poll_at or now,
                 "b_provider_status": outcome.values.get("provider_status", job.provider_status),
                 "b_last_error_code": outcome.values.get("last_error_code", job.last_error_code),
+                "b_last_unfinished_at": outcome.values.get(
+                    "last_unfinished_at", job.last_unfinished_at
+                ),
                 "b_last_error_message": outcome.values.get(
                     "last_error_message", job.last_error_message
                 ),

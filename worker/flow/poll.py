@@ -16,6 +16,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from models import ACTIVE_STATUSES, TrackedJob
 from worker import clock, http
+from worker.adaptive.model import first_poll_at
 from worker.db import session_scope
 from worker.errors import ErrorClass, ProviderError, ThrottledError
 from worker.flow.outcome import (
@@ -51,6 +53,8 @@ log = logging.getLogger(__name__)
 MAX_SLOT_WAIT_TICKS = 2.0
 #: A released job (not polled: provider paused, out of slots, lease too short) is due again after.
 RELEASE_DELAY_S = 1.0
+#: A first poll planned this soon is made now rather than put off.
+FIRST_POLL_SLACK_S = 0.5
 
 _stopping = threading.Event()
 
@@ -62,25 +66,34 @@ def stop_soon() -> None:
     http.cut_all()
 
 
+#: One claim as a poll task carries it: (tracked job id, lease, due time); no due time: now.
+ClaimItem = tuple[int, datetime] | tuple[int, datetime, datetime]
+
+
 def load_claimed(
-    session: Session, claims: list[tuple[int, datetime]]
-) -> list[tuple[TrackedJob, datetime]]:
-    """The claimed rows this batch still owns (a row re-claimed after its lease ran out is not)."""
-    leases = dict(claims)
+    session: Session, claims: Sequence[ClaimItem]
+) -> list[tuple[TrackedJob, datetime, datetime | None]]:
+    """The claimed rows this batch still owns (a row re-claimed after its lease ran out is not),
+    each with its lease and due time, in the claims' order."""
+    leases = {item[0]: item for item in claims}
     rows = session.execute(
         select(TrackedJob).where(
             TrackedJob.id.in_(list(leases)),
             TrackedJob.status.in_([s.value for s in ACTIVE_STATUSES]),
         )
     ).scalars()
-    owned = {row.id: row for row in rows if row.lease_expires_at == leases[row.id]}
-    return [(owned[job_id], lease) for job_id, lease in claims if job_id in owned]
+    owned = {row.id: row for row in rows if row.lease_expires_at == leases[row.id][1]}
+    return [
+        (owned[item[0]], item[1], item[2] if len(item) > 2 else None)
+        for item in claims
+        if item[0] in owned
+    ]
 
 
 def poll_batch(
     kind: str,
     region: str,
-    claims: list[tuple[int, datetime]],
+    claims: Sequence[ClaimItem],
     settings: Settings,
     *,
     rand: Any = random.random,
@@ -91,7 +104,7 @@ def poll_batch(
 
 
 def _poll_batch(
-    kind: str, region: str, claims: list[tuple[int, datetime]], settings: Settings, rand: Any
+    kind: str, region: str, claims: Sequence[ClaimItem], settings: Settings, rand: Any
 ) -> BatchReport:
     report = BatchReport()
     policy = PollPolicy.from_settings(settings)
@@ -115,7 +128,7 @@ def _poll_batch(
     # None until the first call: an answer right after a refusal ends the run of refusals.
     answered_last: bool | None = None
 
-    for index, (job, lease) in enumerate(owned):
+    for index, (job, lease, due) in enumerate(owned):
         now = clock.now(settings)
         outcome = Outcome(job=job, lease=lease)
         outcomes.append(outcome)
@@ -123,6 +136,18 @@ def _poll_batch(
             # Paused or resting: cannot ask; shutting down: another worker asks right away.
             _release(outcome, settings, now, at=stop_until or now)
             continue
+        first = first_poll_at(job, settings) if job.polls == 0 else None
+        if first is not None and first > now + timedelta(seconds=FIRST_POLL_SLACK_S):
+            # Not polled yet, and its kind rarely finishes this early: no call until then.
+            _release(outcome, settings, now, at=first)
+            report.deferred += 1
+            continue
+        if due is not None and due > now:
+            # Claimed ahead of its time (due before the next tick): wait for its instant.
+            if _stopping.wait((due - now).total_seconds()):
+                _release(outcome, settings, now, at=due)
+                continue
+            now = clock.now(settings)
         try:
             slot = pacer.next_slot(len(owned) - index)
         except Exception as exc:  # the shared limiter is away: do not poll blind

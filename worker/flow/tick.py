@@ -53,11 +53,13 @@ MAX_DEADLINES_PER_TICK = 5000
 
 @dataclass(frozen=True)
 class Claim:
-    """A job reserved for one poll until ``lease`` (also the token proving the reservation)."""
+    """A job reserved for one poll until ``lease`` (also the token proving the reservation),
+    due at ``due`` (a claim takes jobs due before the next tick, to poll each on time)."""
 
     id: int
     region: str
     lease: datetime
+    due: datetime
 
 
 @dataclass(frozen=True)
@@ -89,25 +91,46 @@ def _rate(settings: Settings, kind: str) -> float | None:
 
 
 def claim_due(
-    session: Session, kind: str, limit: int, *, now: datetime, lease_s: float
+    session: Session,
+    kind: str,
+    limit: int,
+    *,
+    now: datetime,
+    lease_s: float,
+    window_s: float = 0.0,
 ) -> list[Claim]:
-    """Reserve up to ``limit`` due, non-terminal jobs of ``kind``, oldest due first.
+    """Reserve up to ``limit`` non-terminal jobs of ``kind`` due by ``now + window_s``, soonest
+    first. Each claim keeps its job's due time: a tick takes what falls due before the next
+    tick, and the poll waits for each job's own instant (a schedule is only as good as the
+    moment a poll happens; rounding every due time up to the next tick would waste it).
 
     The status test is literal SQL (``ACTIVE_PREDICATE``), the same text as the partial index's
     predicate, because SQLite only uses a partial index when the query repeats its predicate,
     and a bound-parameter IN list does not.
     """
     lease = now + timedelta(seconds=lease_s)
+    horizon = now + timedelta(seconds=window_s)
     rows = claim(
         session,
         TrackedJob,
-        due=[ACTIVE_PREDICATE, TrackedJob.next_poll_at <= now, TrackedJob.kind == kind],
+        due=[
+            ACTIVE_PREDICATE,
+            TrackedJob.next_poll_at <= horizon,
+            TrackedJob.kind == kind,
+            # A claimed row's next_poll_at is its lease's end, which the window may reach: only
+            # a lease that ran out frees the row.
+            or_(TrackedJob.lease_expires_at.is_(None), TrackedJob.lease_expires_at <= now),
+        ],
         order_by=TrackedJob.next_poll_at,
         limit=limit,
         values={"next_poll_at": lease, "lease_expires_at": lease},
         returning=[TrackedJob.id, TrackedJob.region],
+        before=[TrackedJob.next_poll_at],
     )
-    return [Claim(id=row.id, region=row.region, lease=lease) for row in rows]
+    return [
+        Claim(id=job_pk, region=region, lease=lease, due=max(due, now))
+        for job_pk, region, due in rows
+    ]
 
 
 def claim_all(settings: Settings, now: datetime | None = None) -> dict[str, list[Claim]]:
@@ -129,7 +152,14 @@ def claim_all(settings: Settings, now: datetime | None = None) -> dict[str, list
                     if not take_probe(session, kind, now):
                         continue
                     limit = 1
-            claimed = claim_due(session, kind, limit, now=now, lease_s=settings.lease_s)
+            claimed = claim_due(
+                session,
+                kind,
+                limit,
+                now=now,
+                lease_s=settings.lease_s,
+                window_s=settings.tick_seconds,
+            )
             if claimed:
                 claims[kind] = claimed
     return claims
@@ -239,7 +269,7 @@ def batches(kind: str, claims: list[Claim], size: int) -> list[Batch]:
         Batch(kind, region, group[start : start + size])
         for region, group in by_region.items()
         for start in range(0, len(group), size)
-    ]
+    ]  # each in due order: the claim read them soonest first
 
 
 @metrics.TICK_SECONDS.time()

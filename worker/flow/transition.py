@@ -58,6 +58,7 @@ WRITABLE = (
     "last_error_code",
     "last_error_message",
     "consecutive_errors",
+    "last_unfinished_at",
     "finished_at",
 )
 _MOVE = (

@@ -10,11 +10,13 @@ from typing import Any
 from celery import Task
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from worker import clock
 from worker.errors import EnqueueError
 from worker.flow import deliver
 from worker.flow import poll as poll_stage
 from worker.flow import tick as tick_stage
 from worker.flow.enqueue import track as _track
+from worker.flow.poll import ClaimItem
 from worker.runtime.app import app
 from worker.settings import get_settings
 from worker.webhooks.urls import loggable_url
@@ -36,6 +38,7 @@ def track(
     callback_url: str | None = None,
     region: str | None = None,
     metadata: dict[str, Any] | None = None,
+    expected_duration_s: float | None = None,
 ) -> dict[str, Any] | None:
     """Enqueue a job for tracking (for other services' ``send_task``).
 
@@ -44,7 +47,14 @@ def track(
     bad input is logged and dropped, since retrying a message that can never be valid would loop.
     """
     try:
-        return _track(kind, job_id, callback_url=callback_url, region=region, metadata=metadata)
+        return _track(
+            kind,
+            job_id,
+            callback_url=callback_url,
+            region=region,
+            metadata=metadata,
+            expected_duration_s=expected_duration_s,
+        )
     except EnqueueError as exc:
         log.error("refused to track job: %s", exc, extra={"kind": kind, "job_id": job_id})
         return None
@@ -78,16 +88,22 @@ def track(
 
 @app.task(name="jobtracker.tick", acks_late=False, ignore_result=True)
 def tick() -> int:
-    """Claim due jobs and send one ``jobtracker.poll`` per batch (beat runs this every tick)."""
+    """Claim jobs due before the next tick and send one ``jobtracker.poll`` per batch (beat runs
+    this every tick), each to start at its first job's due time: a countdown of at most a tick,
+    never a long ETA held in the broker."""
+    settings = get_settings()
+    now = clock.now(settings)
     sent = 0
-    for batch in tick_stage.tick(get_settings()):
+    for batch in tick_stage.tick(settings, now):
+        wait_s = (batch.claims[0].due - now).total_seconds()
         # If sending fails (broker down), the leases run out and a later tick re-claims.
         poll.apply_async(
             kwargs={
                 "kind": batch.kind,
                 "region": batch.region,
-                "claims": [[c.id, c.lease.isoformat()] for c in batch.claims],
-            }
+                "claims": [[c.id, c.lease.isoformat(), c.due.isoformat()] for c in batch.claims],
+            },
+            countdown=max(0.0, min(wait_s, settings.tick_seconds)),
         )
         sent += len(batch.claims)
     return sent
@@ -95,8 +111,14 @@ def tick() -> int:
 
 @app.task(name="jobtracker.poll", ignore_result=True)
 def poll(kind: str, region: str, claims: list[list[Any]]) -> dict[str, int]:
-    """Poll a batch of claimed jobs: ``claims`` is ``[[tracked_job_id, lease_iso], ...]``."""
-    parsed = [(int(job_id), datetime.fromisoformat(lease)) for job_id, lease in claims]
+    """Poll a batch of claimed jobs: ``claims`` is ``[[tracked_job_id, lease_iso, due_iso],
+    ...]`` (the due time may be left out: due now)."""
+    parsed: list[ClaimItem] = [
+        (int(item[0]), datetime.fromisoformat(item[1]), datetime.fromisoformat(item[2]))
+        if len(item) > 2
+        else (int(item[0]), datetime.fromisoformat(item[1]))
+        for item in claims
+    ]
     report = poll_stage.poll_batch(kind, region, parsed, get_settings())
     return {
         "polled": report.polled,

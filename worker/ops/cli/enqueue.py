@@ -16,8 +16,18 @@ from worker.ops.cli.common import fail, print_json, ready_settings, settings_or_
 @click.option("--callback-url", help="Where to POST the completion callback.")
 @click.option("--region", help="Tencent region (default: TENCENTCLOUD_REGION).")
 @click.option("--metadata", help="A JSON object echoed back in the callback.")
+@click.option(
+    "--expected-duration",
+    metavar="SECONDS",
+    help="How long the job should take, if you know (the poll schedule uses it).",
+)
 def enqueue(
-    kind: str, job_id: str, callback_url: str | None, region: str | None, metadata: str | None
+    kind: str,
+    job_id: str,
+    callback_url: str | None,
+    region: str | None,
+    metadata: str | None,
+    expected_duration: str | None,
 ) -> None:
     """Start tracking JOB_ID of KIND; print the tracked job as JSON."""
     settings = settings_or_exit()
@@ -29,6 +39,7 @@ def enqueue(
             callback_url=callback_url,
             region=region,
             metadata=metadata,
+            expected_duration_s=expected_duration,
             default_region=settings.region,
         )
         ready_settings()
