@@ -25,7 +25,25 @@ SCRIPTS = {
         "jobtracker_polls_per_s",
         "ratio_jobtracker_to_bare",
     },
-    "rate.py": {"sustained_calls_per_s", "throttled_percent"},
+    "rate.py": {
+        "strict20_calls_per_s",
+        "strict20_throttled_percent",
+        "configured50_calls_per_s",
+        "configured50_throttled_percent",
+        "shared_quota_calls_per_s",
+        "shared_quota_throttled_percent",
+        "shared_quota_jobs_finished",
+    },
+    "adaptive.py": {
+        *(
+            f"{name}_{figure}"
+            for name in ("lognormal_sigma03", "lognormal_sigma10", "bimodal", "pareto", "drift")
+            for figure in ("ratio_to_fixed", "calls_per_job", "latency_s", "missed")
+        ),
+        "e2e_calls_per_job",
+        "e2e_latency_s",
+        "e2e_ratio_to_fixed",
+    },
     "tick_cost.py": {
         "claim_due_ms_small",
         "claim_due_ms_large",

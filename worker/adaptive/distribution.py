@@ -136,7 +136,10 @@ def estimate(observations: Sequence[Observation], *, iterations: int = 150) -> D
     width = [*widths, 0.0]
     p = [0.0] * (n + 1)
     for first, last, w in spans:
-        inside = sum(width[first : min(last, n - 1) + 1]) if first < n else 0.0
+        if last == n:  # never finished: half beyond the grid, half over its cells, to start
+            p[n] += w / 2
+            w, last = w / 2, n - 1
+        inside = sum(width[first : last + 1]) if first < n else 0.0
         for k in range(first, last + 1):
             p[k] += w * (width[k] / inside if inside > 0 else 1.0 / (last - first + 1))
     p = [x / total for x in p]

@@ -1,11 +1,12 @@
 """Learned schedules, per kind (and per region where the data supports it), kept fresh in memory.
 
-Every ``REFRESH_S`` a process reads the newest finished jobs of a kind (at most
-``AdaptivePolicy.window``, through the index on ``(kind, finished_at)``: never a scan), turns
-each into a censored observation of its duration (finished between the last poll that found it
-unfinished and the one that found it finished; expired: longer than its last unfinished poll),
-estimates the distribution (:mod:`worker.adaptive.distribution`) and plans the schedule
-(:mod:`worker.adaptive.planner`). A poll then costs a dictionary lookup.
+Every ``REFRESH_S`` (``REFRESH_UNLEARNED_S`` until a kind has a plan) a process reads the newest
+finished jobs of a kind (at most ``AdaptivePolicy.window``, through the index on
+``(kind, finished_at)``: never a scan), turns each into a censored observation of its duration
+(finished between the last poll that found it unfinished and the one that found it finished;
+expired: longer than its last unfinished poll), estimates the distribution
+(:mod:`worker.adaptive.distribution`) and plans the schedule (:mod:`worker.adaptive.planner`). A
+poll then costs a dictionary lookup.
 
 A region gets its own schedule once it has ``min_samples`` jobs in the window; a job with a
 duration hint (``expected_duration_s``) gets its kind's schedule rescaled to the hint (or, with no
@@ -34,8 +35,10 @@ from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: How often a process learns a kind's schedule again.
-REFRESH_S = 60.0
+#: How often a process learns a kind's schedule again; sooner while it has none yet (too few
+#: finished jobs), so that the first plan follows the first finishes closely.
+REFRESH_S = 30.0
+REFRESH_UNLEARNED_S = 5.0
 #: The spread assumed around a duration hint when the kind has no history to shape it.
 HINT_SIGMA = 0.5
 #: Error codes that say nothing about how long the job ran (it never ran, or we gave up on a row).
@@ -84,7 +87,10 @@ class Schedules:
         key = (settings.database_url, kind)
         with self._lock:
             known = self._kinds.get(key)
-            if known is not None and time.monotonic() - known.at < REFRESH_S:
+            every = (
+                REFRESH_S if known is not None and known.plan is not None else REFRESH_UNLEARNED_S
+            )
+            if known is not None and time.monotonic() - known.at < every:
                 return known
             if key in self._learning:
                 return known

@@ -17,6 +17,7 @@ import random
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -55,6 +56,8 @@ MAX_SLOT_WAIT_TICKS = 2.0
 RELEASE_DELAY_S = 1.0
 #: A first poll planned this soon is made now rather than put off.
 FIRST_POLL_SLACK_S = 0.5
+#: A batch about to wait longer than this for its next job writes what it has first.
+FLUSH_BEFORE_WAIT_S = 0.5
 
 _stopping = threading.Event()
 
@@ -143,7 +146,13 @@ def _poll_batch(
             report.deferred += 1
             continue
         if due is not None and due > now:
-            # Claimed ahead of its time (due before the next tick): wait for its instant.
+            # Claimed ahead of its time (due before the next tick): wait for its instant, but
+            # first write what is answered, so no finish waits for a later job of the batch.
+            if len(outcomes) > 1 and (due - now).total_seconds() > FLUSH_BEFORE_WAIT_S:
+                _finish(kind, outcomes[:-1], settings, report, resume=probing and provider_ok,
+                        answered=answered_last is True)  # fmt: skip
+                del outcomes[:-1]
+                probing = probing and not provider_ok  # a resumed provider stays resumed
             if _stopping.wait((due - now).total_seconds()):
                 _release(outcome, settings, now, at=due)
                 continue
@@ -271,6 +280,7 @@ def _finish(
     """Write the batch in one transaction; if the database refuses it, job by job, so that one
     outcome it cannot store (whatever the exception) never sinks its neighbours."""
     now = clock.now(settings)
+    counted = replace(report, delivery_ids=list(report.delivery_ids))
     try:
         with session_scope(settings) as session:
             write_outcomes(session, outcomes, now, report)
@@ -280,8 +290,10 @@ def _finish(
         if _database_away(exc):
             raise  # the leases run out and the jobs are polled again
         log.error("batch write refused (%s); writing job by job", _name(exc))
-    report.delivery_ids.clear()
-    report.polled = report.transitions = report.errors = report.released = 0
+    # Undo what the failed write counted (a batch written in parts keeps its earlier parts).
+    report.delivery_ids[:] = counted.delivery_ids
+    report.polled, report.transitions = counted.polled, counted.transitions
+    report.errors, report.released = counted.errors, counted.released
     policy = PollPolicy.from_settings(settings)
     for outcome in outcomes:
         try:

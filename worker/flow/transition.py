@@ -31,6 +31,7 @@ from models import JobStatus, JobTransition, TrackedJob, WebhookDelivery, can_tr
 from worker.errors import InvalidTransition
 from worker.flow.deliver import send_after_commit
 from worker.flow.outbox import delivery_row
+from worker.ops import metrics
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,9 @@ def transition_many(
             delivery_id = row["id"]
         applied.append(TransitionResult(job=job, from_status=from_status, delivery_id=delivery_id))
         _log_move(job, from_status, move.reason)
+        if move.to_status.is_terminal and move.to_status is not JobStatus.EXPIRED:
+            seen = job.last_unfinished_at or job.created_at
+            metrics.record_finish(job.kind, job.polls, (now - seen).total_seconds())
     if history:
         conn.execute(_RECORD, history)
     if outbox:

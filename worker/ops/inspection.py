@@ -28,8 +28,11 @@ from models import (
     WebhookDelivery,
 )
 from models.jobs import ACTIVE_PREDICATE, unknown_kind
+from worker.adaptive.model import SCHEDULES
 from worker.errors import NotFoundError
+from worker.policy import AdaptivePolicy
 from worker.providers.table import PROVIDERS
+from worker.settings import Settings
 
 #: ``--status`` shortcuts for groups of statuses.
 STATUS_GROUPS: dict[str, frozenset[JobStatus]] = {
@@ -335,3 +338,34 @@ def provider_dict(state: ProviderState, *, now: datetime) -> dict[str, Any]:
         "throttled_until": _ts(state.throttled_until) if throttled else None,
         "consecutive_throttles": state.consecutive_throttles,
     }
+
+
+def durations(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Per kind, what the adaptive schedule learned from its newest finished jobs (a bounded
+    read through an index): quantiles of the duration, calls per job, detection latency bound,
+    and the schedule in use."""
+    out: dict[str, dict[str, Any]] = {}
+    for kind in PROVIDERS:
+        learned = SCHEDULES.learned(settings, kind)
+        dist = learned.dist if learned is not None else None
+        plan = learned.plan if learned is not None else None
+
+        def rounded(value: float | None) -> float | None:
+            return None if value is None else round(value, 1)
+
+        out[kind] = {
+            "schedule": "adaptive"
+            if plan is not None and settings.poll_schedule == "adaptive"
+            else "backoff",
+            "jobs": learned.finished if learned is not None else 0,
+            "jobs_needed": AdaptivePolicy().min_samples,
+            "p10_s": rounded(dist.quantile(0.1)) if dist else None,
+            "p50_s": rounded(dist.quantile(0.5)) if dist else None,
+            "p90_s": rounded(dist.quantile(0.9)) if dist else None,
+            "calls_per_job": rounded(learned.polls_per_job) if learned else None,
+            "detection_bound_s": rounded(learned.detection_bound_s) if learned else None,
+            "first_poll_s": rounded(plan.first_age()) if plan else None,
+            "expected_calls": rounded(plan.calls) if plan else None,
+            "expected_latency_s": rounded(plan.latency_s) if plan else None,
+        }
+    return out

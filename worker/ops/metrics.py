@@ -21,6 +21,7 @@ Metric names (all prefixed ``jobtracker_``): ``polls_total{kind,outcome}``,
 ``deliveries_total{outcome}``, ``delivery_duration_seconds``, ``tick_duration_seconds``,
 ``jobs{kind,status}``, ``oldest_active_job_age_seconds{kind,status}``,
 ``provider_paused{kind}``, ``provider_throttled{kind}``, ``deliveries_pending``,
+``detection_latency_seconds{kind}``, ``polls_per_job{kind}``,
 ``unpollable_jobs{kind}``, ``database_up``; and in the service API process (``jobtracker api``):
 ``api_requests_total{route,method,status}``, ``api_request_duration_seconds{route,method}``,
 ``api_waiting_requests``. ``route`` is the route's template (``/v1/jobs/{id}``), never the
@@ -89,6 +90,19 @@ SLOTS_DROPPED = Counter(
     "Rate-limit slots a batch reached too late and dropped rather than call late, by kind.",
     ["kind"],
 )
+DETECTION_SECONDS = Histogram(
+    "jobtracker_detection_latency_seconds",
+    "Upper bound of the time from a job's finish to the poll that saw it (the terminal poll "
+    "minus the last poll that found the job unfinished, or its enqueue), by kind.",
+    ["kind"],
+    buckets=(0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 900.0),
+)
+POLLS_PER_JOB = Histogram(
+    "jobtracker_polls_per_job",
+    "Provider calls a job took until its terminal answer, by kind.",
+    ["kind"],
+    buckets=(1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 50, 100),
+)
 TICK_SECONDS = Histogram(
     "jobtracker_tick_duration_seconds",
     "Time one tick took to claim due jobs and send their poll tasks.",
@@ -115,6 +129,12 @@ API_WAITING = Gauge(
 def record_api_request(route: str, method: str, status: int, seconds: float) -> None:
     API_REQUESTS.labels(route, method, str(status)).inc()
     API_REQUEST_SECONDS.labels(route, method).observe(seconds)
+
+
+def record_finish(kind: str, polls: int, detection_bound_s: float) -> None:
+    """Count a job the provider ended: its calls and how late its end could have been seen."""
+    POLLS_PER_JOB.labels(kind).observe(polls)
+    DETECTION_SECONDS.labels(kind).observe(max(0.0, detection_bound_s))
 
 
 def record_poll(kind: str, error: ProviderError | None, error_class: ErrorClass | None) -> None:

@@ -259,6 +259,8 @@ def stats_page(stats: Mapping[str, Any]) -> str:
         )
     )
     lines.append("deliveries: " + ", ".join(f"{s} {n}" for s, n in stats["deliveries"].items()))
+    for kind, learned in (stats.get("durations") or {}).items():
+        lines.append(f"schedule {kind}: " + _schedule_text(learned))
     lines.append(
         "unpollable: "
         + (
@@ -312,4 +314,19 @@ def clients_table(clients: Sequence[Mapping[str, Any]], now: datetime) -> str:
         )
     return table(
         ["client", "scopes", "age", "state", "tokens", "webhook secret"], rows, max_cell=80
+    )
+
+
+def _schedule_text(learned: Mapping[str, Any]) -> str:
+    if learned["schedule"] != "adaptive":
+        return (
+            f"backoff ({learned['jobs']} finished jobs to learn from; the adaptive schedule needs "
+            f"{learned['jobs_needed']})"
+        )
+    return (
+        f"adaptive, learned from {learned['jobs']} jobs: p10 {learned['p10_s']} s, "
+        f"p50 {learned['p50_s']} s, p90 {learned['p90_s']} s; first poll at "
+        f"{learned['first_poll_s']} s; {learned['calls_per_job']} calls per job, detection "
+        f"within {learned['detection_bound_s']} s (bound; expected "
+        f"{learned['expected_calls']} calls, {learned['expected_latency_s']} s)"
     )

@@ -12,6 +12,9 @@ JobId grammar (``N`` is a positive integer; ``tail`` is anything, to make the Jo
     [charset.]poison[-N][-tail]    in progress, then on poll N (3) a failed status whose error
                                    code and message carry lone UTF-16 surrogates (legal JSON that
                                    no UTF-8 encoder can write) and a NUL
+    [charset.]at-SUBMIT-DURATION[-tail]  running until SUBMIT + DURATION (both milliseconds:
+                                   an epoch time and a length), then done, however often it is
+                                   polled: a job that takes a real time
     [charset.]nan[-N][-tail]       in progress, then on poll N (3) a succeeded status whose
                                    optional result fields are NaN, Infinity and -Infinity
     [charset.]FAULT[-N][-tail]     FAULT on every poll; with N, on polls 1..N then succeeded
@@ -36,6 +39,7 @@ Examples: ``succeed-3-a1``, ``fail-2-x``, ``notfound-x``, ``notfound-2-x`` (visi
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -90,8 +94,14 @@ class Script:
     steps: tuple[Step, ...]
     #: ``None``: the simulator's default Content-Type.
     content_type: str | None = None
+    #: (submitted at, duration), epoch seconds: the job runs until then, then is done,
+    #: whatever the number of polls (a job with a real duration).
+    timed: tuple[float, float] | None = None
 
-    def step(self, poll: int) -> Step:
+    def step(self, poll: int, now: float | None = None) -> Step:
+        if self.timed is not None:
+            submitted, duration = self.timed
+            return Step("done") if (now or time.time()) >= submitted + duration else Step("running")
         return self.steps[min(poll, len(self.steps)) - 1]
 
 
@@ -108,6 +118,9 @@ def parse_job_id(job_id: str) -> Script:
     code = None
     if verb == "error" and rest and rest[0]:
         code, rest = rest[0], rest[1:]
+    if verb == "at" and len(rest) >= 2 and rest[0].isdigit() and rest[1].isdigit():
+        timed = (int(rest[0]) / 1000, int(rest[1]) / 1000)
+        return Script((Step("running"), Step("done")), content_type, timed=timed)
     n = min(int(rest[0]), _MAX_N) if rest and rest[0].isdigit() and int(rest[0]) > 0 else None
 
     steps: list[Step]

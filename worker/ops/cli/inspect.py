@@ -30,6 +30,7 @@ from worker.ops.cli.common import (
 from worker.ops.inspection import (
     attempts_of,
     delivery_dict,
+    durations,
     find_job,
     get_delivery,
     job_detail,
@@ -235,6 +236,7 @@ def stats(as_json: bool) -> None:
     settings = read_settings()
     with session_scope(settings) as session:
         result = collect(session, now=clock.now(settings))
+    result["durations"] = durations(settings)
     if as_json:
         print_json(result)
     else:
