@@ -141,8 +141,12 @@ class _WatchedHTTPSConnectionPool(HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
 
 
-class DeadlineAdapter(HTTPAdapter):
-    """An adapter whose connections honour :func:`deadline`."""
+class PoolAdapter(HTTPAdapter):
+    """An adapter whose pools make connections of the classes named here (subclasses pick the
+    connection behaviour; the pools are urllib3's own)."""
+
+    http_pool: type[HTTPConnectionPool] = HTTPConnectionPool
+    https_pool: type[HTTPSConnectionPool] = HTTPSConnectionPool
 
     def init_poolmanager(
         self,
@@ -153,9 +157,16 @@ class DeadlineAdapter(HTTPAdapter):
     ) -> None:
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
         self.poolmanager.pool_classes_by_scheme = {
-            "http": _WatchedHTTPConnectionPool,
-            "https": _WatchedHTTPSConnectionPool,
+            "http": self.http_pool,
+            "https": self.https_pool,
         }
+
+
+class DeadlineAdapter(PoolAdapter):
+    """An adapter whose connections honour :func:`deadline`."""
+
+    http_pool = _WatchedHTTPConnectionPool
+    https_pool = _WatchedHTTPSConnectionPool
 
 
 class AnswerTooLarge(Exception):

@@ -55,6 +55,8 @@ class Outcome:
     job: TrackedJob
     lease: datetime
     polled: bool = False
+    #: When the request went out: the moment the answer describes.
+    polled_at: datetime | None = None
     answer: Answer | None = None
     error: ProviderError | None = None
     error_class: ErrorClass | None = None
@@ -93,6 +95,7 @@ def decide(outcome: Outcome, settings: Settings, policy: PollPolicy, now: dateti
         # raw status is not recorded either.
         if answer.status == current or answer.status in ALLOWED_TRANSITIONS[current]:
             outcome.values["provider_status"] = answer.provider_status
+        seen_at = outcome.polled_at or now
         if answer.status != current and answer.status in ALLOWED_TRANSITIONS[current]:
             outcome.to_status = answer.status
             if answer.status.is_terminal:
@@ -101,10 +104,12 @@ def decide(outcome: Outcome, settings: Settings, policy: PollPolicy, now: dateti
                     result_expires_at=answer.result_expires_at,
                     error_code=answer.error_code,
                     error_message=answer.error_message,
+                    # When the end was seen (the write, and the callback, come just after).
+                    finished_at=seen_at,
                 )
         if not answer.status.is_terminal:
             # The finish lies after this answer: what the schedule learns from (and plans by).
-            outcome.values["last_unfinished_at"] = now
+            outcome.values["last_unfinished_at"] = seen_at
             outcome.next_poll_at = next_poll_at(job, now, settings, policy)
     elif outcome.error is not None:
         error = outcome.error
@@ -174,7 +179,7 @@ def write_outcomes(
         job = outcome.job
         counters: dict[str, Any] = {}
         if outcome.polled:
-            counters.update(polls=job.polls + 1, last_polled_at=now)
+            counters.update(polls=job.polls + 1, last_polled_at=outcome.polled_at or now)
             report.polled += 1
         if outcome.error is not None and outcome.error_class is not ErrorClass.JOB_TERMINAL:
             report.errors += 1

@@ -56,8 +56,9 @@ MAX_SLOT_WAIT_TICKS = 2.0
 RELEASE_DELAY_S = 1.0
 #: A first poll planned this soon is made now rather than put off.
 FIRST_POLL_SLACK_S = 0.5
-#: A batch about to wait longer than this for its next job writes what it has first.
-FLUSH_BEFORE_WAIT_S = 0.5
+#: A batch about to wait longer than this for its next job writes the status changes it has first
+#: (a finish, and its callback, must not wait for a later job of the batch).
+FLUSH_BEFORE_WAIT_S = 0.2
 
 _stopping = threading.Event()
 
@@ -147,8 +148,9 @@ def _poll_batch(
             continue
         if due is not None and due > now:
             # Claimed ahead of its time (due before the next tick): wait for its instant, but
-            # first write what is answered, so no finish waits for a later job of the batch.
-            if len(outcomes) > 1 and (due - now).total_seconds() > FLUSH_BEFORE_WAIT_S:
+            # first write the status changes answered so far.
+            news = any(o.to_status is not None for o in outcomes[:-1])
+            if news and (due - now).total_seconds() > FLUSH_BEFORE_WAIT_S:
                 _finish(kind, outcomes[:-1], settings, report, resume=probing and provider_ok,
                         answered=answered_last is True)  # fmt: skip
                 del outcomes[:-1]
@@ -174,7 +176,7 @@ def _poll_batch(
         if _stopping.wait(max(0.0, slot - time.monotonic())):
             _release(outcome, settings, now, at=now)
             continue
-        outcome.polled = True
+        outcome.polled, outcome.polled_at = True, clock.now(settings)
         with log_context(job_id=job.job_id, tracked_job_id=job.id):
             client, stop_until, ok = _ask(kind, region, client, outcome, pacer, settings)
         if _stopping.is_set() and outcome.error is not None and outcome.answer is None:
@@ -228,7 +230,7 @@ def _ask(
         # Inside the try: a missing credential is a configuration error like AuthFailure.
         client = client or get_client(kind, region, settings)
         with metrics.POLL_SECONDS.labels(kind).time():
-            outcome.answer = client.query(job.job_id, now=clock.now(settings))
+            outcome.answer = client.query(job.job_id, now=outcome.polled_at or clock.now(settings))
         provider_ok = True
         pacer.answered()
     except ProviderError as error:

@@ -160,7 +160,8 @@ def transition_many(
         if move.provider_status is not None:
             columns["provider_status"] = move.provider_status
         if move.to_status.is_terminal:
-            columns.update(finished_at=now, lease_expires_at=None)
+            # finished_at: when the end was seen, if the mover knows (a poll), else now.
+            columns.update(finished_at=move.values.get("finished_at") or now, lease_expires_at=None)
         params = {f"m_{name}": value for name, value in columns.items()}
         params.update(
             m_id=job.id,
@@ -192,8 +193,9 @@ def transition_many(
         applied.append(TransitionResult(job=job, from_status=from_status, delivery_id=delivery_id))
         _log_move(job, from_status, move.reason)
         if move.to_status.is_terminal and move.to_status is not JobStatus.EXPIRED:
-            seen = job.last_unfinished_at or job.created_at
-            metrics.record_finish(job.kind, job.polls, (now - seen).total_seconds())
+            before = job.last_unfinished_at or job.created_at
+            ended = job.finished_at or now
+            metrics.record_finish(job.kind, job.polls, (ended - before).total_seconds())
     if history:
         conn.execute(_RECORD, history)
     if outbox:

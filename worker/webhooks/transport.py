@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
-from requests.adapters import DEFAULT_POOLBLOCK, HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NewConnectionError
 
-from worker.http import Watchdog
+from worker.http import PoolAdapter, Watchdog
 from worker.webhooks.urls import ResolvedURL
 
 
@@ -57,27 +56,6 @@ def pinned(resolved: ResolvedURL, *, deadline_s: float) -> Iterator[Watchdog]:
     finally:
         watchdog.cancel()
         _ROUTE.reset(token)
-
-
-class PinnedAdapter(HTTPAdapter):
-    """An adapter whose connections honour the current :class:`Route`."""
-
-    def init_poolmanager(
-        self,
-        connections: int,
-        maxsize: int,
-        block: bool = DEFAULT_POOLBLOCK,
-        **pool_kwargs: Any,
-    ) -> None:
-        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": _PinnedHTTPConnectionPool,
-            "https": _PinnedHTTPSConnectionPool,
-        }
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        # A proxy resolves the host itself, which would defeat the address check.
-        raise requests.exceptions.InvalidProxyURL("callbacks are never sent through a proxy")
 
 
 def make_session() -> requests.Session:
@@ -176,6 +154,17 @@ class _PinnedHTTPConnectionPool(HTTPConnectionPool):
 
 class _PinnedHTTPSConnectionPool(HTTPSConnectionPool):
     ConnectionCls = _PinnedHTTPSConnection
+
+
+class PinnedAdapter(PoolAdapter):
+    """An adapter whose connections honour the current :class:`Route`."""
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        # A proxy resolves the host itself, which would defeat the address check.
+        raise requests.exceptions.InvalidProxyURL("callbacks are never sent through a proxy")
+
+    http_pool = _PinnedHTTPConnectionPool
+    https_pool = _PinnedHTTPSConnectionPool
 
 
 def _same_address(a: str, b: str) -> bool:
