@@ -111,9 +111,13 @@ def learn(
 
 
 class Store(Protocol):
-    def transact(self, key: str, change: Callable[[Pace | None, float], tuple[Pace, T]]) -> T:
+    def transact(
+        self, key: str, change: Callable[[Pace | None, float], tuple[Pace, T]]
+    ) -> tuple[T, float]:
         """Apply ``change(pace, now)`` atomically (``now``: the store's clock); return its
-        second value."""
+        second value, and this process's ``time.monotonic()`` when ``now`` was read (so slots
+        land on the local clock without the store's round trip in them: its jitter would put
+        two calls closer than the pace allows)."""
         ...
 
 
@@ -135,8 +139,8 @@ class RateLimiter:
             )
             return new, (wait, count, interval, new.rate)
 
-        wait, count, interval, rate = self.store.transact(key, change)
-        start = time.monotonic() + wait
+        (wait, count, interval, rate), read_at = self.store.transact(key, change)
+        start = read_at + wait
         return Slots([start + i * interval for i in range(count)], interval, rate, wait)
 
     def report(self, key: str, ceiling: float, *, ok: int = 0, throttled: int = 0) -> Pace:
@@ -146,7 +150,7 @@ class RateLimiter:
             new = learn(pace, now, ceiling, ok=ok, throttled=throttled, policy=self.policy)
             return new, new
 
-        return self.store.transact(key, change)
+        return self.store.transact(key, change)[0]
 
     def rate(self, key: str, ceiling: float) -> float:
         """The rate allowed now (the ceiling until the provider refused a call)."""
@@ -155,7 +159,7 @@ class RateLimiter:
             pace = pace or Pace(tat=now, rate=ceiling)
             return pace, min(ceiling, pace.rate)
 
-        return self.store.transact(key, read)
+        return self.store.transact(key, read)[0]
 
 
 class LocalStore:
@@ -166,11 +170,14 @@ class LocalStore:
         self._paces: dict[str, Pace] = {}
         self._clock = clock
 
-    def transact(self, key: str, change: Callable[[Pace | None, float], tuple[Pace, T]]) -> T:
+    def transact(
+        self, key: str, change: Callable[[Pace | None, float], tuple[Pace, T]]
+    ) -> tuple[T, float]:
         with self._lock:
+            read_at = time.monotonic()
             pace, result = change(self._paces.get(key), self._clock())
             self._paces[key] = pace
-            return result
+            return result, read_at
 
 
 class RedisStore:
@@ -183,13 +190,16 @@ class RedisStore:
         self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self._prefix = prefix
 
-    def transact(self, key: str, change: Callable[[Pace | None, float], tuple[Pace, T]]) -> T:
+    def transact(
+        self, key: str, change: Callable[[Pace | None, float], tuple[Pace, T]]
+    ) -> tuple[T, float]:
         name = self._prefix + key
         with self._redis.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(name)
                     seconds, micros = pipe.time()
+                    read_at = time.monotonic()  # within a round trip of Redis's reading
                     raw = pipe.hgetall(name)
                     pace = _parse(raw)
                     new, result = change(pace, seconds + micros / 1_000_000)
@@ -205,7 +215,7 @@ class RedisStore:
                     )
                     pipe.expire(name, self.TTL_S)
                     pipe.execute()
-                    return result
+                    return result, read_at
                 except redis.WatchError:  # another worker moved the pace first: read it again
                     continue
 
@@ -229,7 +239,9 @@ class DatabaseStore:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
 
-    def transact(self, key: str, change: Callable[[Pace | None, float], tuple[Pace, T]]) -> T:
+    def transact(
+        self, key: str, change: Callable[[Pace | None, float], tuple[Pace, T]]
+    ) -> tuple[T, float]:
         with session_scope(self._settings) as session:
             dialect = session.get_bind().dialect.name
             insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
@@ -244,11 +256,12 @@ class DatabaseStore:
                 select(RateLimit).where(RateLimit.key == key).with_for_update()
             ).scalar_one()
             now = clock.now(self._settings).timestamp()
+            read_at = time.monotonic()
             pace = Pace(row.tat, row.rate, row.learned, row.run) if row.rate > 0 else None
             new, result = change(pace, now)
             row.tat, row.rate, row.learned, row.run = new.tat, new.rate, new.learned, new.run
             row.updated_at = clock.now(self._settings)
-            return result
+        return result, read_at
 
 
 _limiters: dict[tuple[str, str], RateLimiter] = {}
