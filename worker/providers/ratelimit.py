@@ -124,23 +124,43 @@ class Store(Protocol):
 class RateLimiter:
     """A provider pace in a shared store."""
 
+    #: Bounds of the lead: slots are planned this far past the store's reading, so they are
+    #: still ahead when the transaction that reserved them returns.
+    MIN_LEAD_S = 0.002
+    MAX_LEAD_S = 0.25
+
     def __init__(self, store: Store, policy: RatePolicy | None = None) -> None:
         self.store = store
         self.policy = policy or RatePolicy()
+        # A moving estimate of the store's round trip (its commit included). Planned from the
+        # reading alone, every slot would already be behind when the reservation returns, and
+        # at a high rate the poll loop would drop them all as late.
+        self._trip_s = 0.005
 
     def reserve(
         self, key: str, ceiling: float, n: int, *, max_wait_s: float, span_s: float
     ) -> Slots:
         """Up to ``n`` slots (none when the next one is over ``max_wait_s`` away)."""
 
+        lead = min(self.MAX_LEAD_S, max(self.MIN_LEAD_S, 1.5 * self._trip_s))
+
         def change(pace: Pace | None, now: float) -> tuple[Pace, tuple[float, int, float, float]]:
             new, wait, count, interval = plan(
-                pace, now, ceiling, n, max_wait_s=max_wait_s, span_s=span_s, policy=self.policy
+                pace,
+                now + lead,
+                ceiling,
+                n,
+                max_wait_s=max_wait_s,
+                span_s=span_s,
+                policy=self.policy,
             )
             return new, (wait, count, interval, new.rate)
 
         (wait, count, interval, rate), read_at = self.store.transact(key, change)
-        start = read_at + wait
+        # Round trips are jittery: lean towards the slow ones (a slot planned too near is lost).
+        took = time.monotonic() - read_at
+        self._trip_s = took if took > self._trip_s else 0.9 * self._trip_s + 0.1 * took
+        start = read_at + lead + wait
         return Slots([start + i * interval for i in range(count)], interval, rate, wait)
 
     def report(self, key: str, ceiling: float, *, ok: int = 0, throttled: int = 0) -> Pace:
