@@ -272,11 +272,15 @@ def test_an_expired_lease_is_claimed_again_and_the_stale_batch_is_ignored(
         JOBTRACKER_LEASE_SECONDS="2",
         JOBTRACKER_CONNECT_TIMEOUT="0.2",
         JOBTRACKER_READ_TIMEOUT="0.5",
+        JOBTRACKER_TICK_SECONDS="0.2",
     )
     track("image_animate", "succeed-2-lease", settings=settings)
     first = claim_all(settings)["image_animate"]  # a worker claims, then dies
     assert claim_all(settings) == {}  # leased: nobody else may take it
-    time.sleep(2.1)
+    # The lease runs from the end of the tick's window (a job claimed ahead of its instant
+    # holds a whole lease when its poll starts).
+    assert (first[0].lease - first[0].due).total_seconds() >= 2.0
+    time.sleep(2.3)
     second = claim_all(settings)["image_animate"]
     assert [c.id for c in second] == [c.id for c in first]
     # The dead worker's batch arrives late: it no longer owns the row.

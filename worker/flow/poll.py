@@ -201,6 +201,17 @@ def _poll_batch(
         metrics.SLOTS_DROPPED.labels(kind).inc(pacer.dropped)
     resume = probing and provider_ok
     _finish(kind, outcomes, settings, report, resume=resume, answered=answered_last is True)
+    log.debug(
+        "batch done",
+        extra={
+            "kind": kind,
+            "polled": report.polled,
+            "released": report.released,
+            "deferred": report.deferred,
+            "skipped": report.skipped,
+            "dropped_slots": pacer.dropped,
+        },
+    )
     return report
 
 

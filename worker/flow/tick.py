@@ -108,8 +108,11 @@ def claim_due(
     predicate, because SQLite only uses a partial index when the query repeats its predicate,
     and a bound-parameter IN list does not.
     """
-    lease = now + timedelta(seconds=lease_s)
     horizon = now + timedelta(seconds=window_s)
+    # The lease counts from the last instant the window reaches, not from now: a job claimed
+    # ahead of its time still holds a whole lease when its poll starts (a lease from now would
+    # leave a poll waiting for its instant too little time to ask, and it would be released).
+    lease = horizon + timedelta(seconds=lease_s)
     rows = claim(
         session,
         TrackedJob,
