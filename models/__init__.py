@@ -11,6 +11,7 @@ from models.jobs import (
     TrackedJob,
     can_transition,
 )
+from models.lifecycle import PrunedJob, RowTally
 from models.providers import ProviderState, RateLimit
 from models.webhooks import DeliveryStatus, WebhookAttempt, WebhookDelivery
 
@@ -27,7 +28,9 @@ __all__ = [
     "JobStatus",
     "JobTransition",
     "ProviderState",
+    "PrunedJob",
     "RateLimit",
+    "RowTally",
     "Scope",
     "TrackedJob",
     "UTCDateTime",

@@ -131,6 +131,15 @@ class TrackedJob(Base):
             sqlite_where=NO_DEADLINE_PREDICATE,
         ),
         Index("ix_tracked_jobs_created_at", "created_at"),
+        # The oldest active job of a (kind, status), for gauges: one index seek, not a scan.
+        Index(
+            "ix_tracked_jobs_active_created",
+            "kind",
+            "status",
+            "created_at",
+            postgresql_where=ACTIVE_PREDICATE,
+            sqlite_where=ACTIVE_PREDICATE,
+        ),
         # The newest finished jobs of a kind: what the adaptive schedule learns from.
         Index(
             "ix_tracked_jobs_finished",

@@ -71,7 +71,11 @@ class WebhookAttempt(Base):
     """One HTTP attempt to deliver a callback message."""
 
     __tablename__ = "webhook_attempts"
-    __table_args__ = (Index("ix_webhook_attempts_delivery_id", "delivery_id", "id"),)
+    __table_args__ = (
+        Index("ix_webhook_attempts_delivery_id", "delivery_id", "id"),
+        # Retention removes the oldest attempts of delivered messages first.
+        Index("ix_webhook_attempts_attempted_at", "attempted_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     delivery_id: Mapped[str] = mapped_column(

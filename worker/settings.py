@@ -93,6 +93,16 @@ class Settings:
     api_rotation_grace_s: float = 86400.0
     #: The master key per-client webhook secrets are derived from (never logged or stored).
     client_secret_key: bytes | None = field(default=None, repr=False)
+    #: Finished jobs older than this (with their history and callbacks) are pruned; 0 keeps all.
+    retention_days: float = 30.0
+    #: The attempts of delivered callbacks go sooner (at most ``retention_days``); 0: with the job.
+    attempt_retention_days: float = 7.0
+    #: Tombstones of pruned jobs (which keep re-enqueues idempotent) go after this; 0: never.
+    tombstone_days: float = 365.0
+    #: Rows deleted per transaction by the retention.
+    prune_batch: int = 500
+    #: Pruned rows are first written here as gzipped JSON Lines (None: not archived).
+    archive_dir: Path | None = None
 
     @property
     def request_deadline_s(self) -> float:
@@ -217,6 +227,19 @@ class Settings:
             api_burst=int(reader.number("JOBTRACKER_API_BURST", 40, minimum=1, integer=True)),
             api_rotation_grace_s=reader.number("JOBTRACKER_API_ROTATION_GRACE", 86400.0, minimum=0),
             client_secret_key=_parse_master_key(reader.text("JOBTRACKER_CLIENT_SECRET_KEY")),
+            retention_days=reader.number("JOBTRACKER_RETENTION_DAYS", 30.0, minimum=0),
+            attempt_retention_days=reader.number(
+                "JOBTRACKER_ATTEMPT_RETENTION_DAYS", 7.0, minimum=0
+            ),
+            tombstone_days=reader.number("JOBTRACKER_TOMBSTONE_DAYS", 365.0, minimum=0),
+            prune_batch=int(
+                reader.number(
+                    "JOBTRACKER_PRUNE_BATCH", 500, minimum=1, maximum=10_000, integer=True
+                )
+            ),
+            archive_dir=(
+                here / archive if (archive := reader.text("JOBTRACKER_ARCHIVE_DIR")) else None
+            ),
         )
         if settings.lease_s <= settings.request_deadline_s + settings.lease_margin_s:
             # A claim must outlast one whole request and the batch's write, or no job is polled.

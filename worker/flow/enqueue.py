@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from models import TrackedJob
+from models import PrunedJob, TrackedJob
 from worker import clock
 from worker.db import session_scope
 from worker.errors import EnqueueError
@@ -204,8 +204,11 @@ def insert_job(
     deadline_s: float,
     now: datetime,
     client_id: int | None = None,
-) -> tuple[TrackedJob, bool]:
+) -> tuple[TrackedJob | PrunedJob, bool]:
     """Insert the row unless (kind, region, job_id) exists; return it and whether it is new.
+
+    A job the retention already pruned is not tracked again: its tombstone comes back instead
+    (``status`` is how it ended, ``pruned_at`` when it went).
 
     ``client_id`` is the service API client enqueuing it (None for the other ways in). An
     existing row is returned as it is, whoever enqueued it: the caller decides who may see it.
@@ -235,8 +238,16 @@ def insert_job(
             TrackedJob.region == request.region,
             TrackedJob.job_id == request.job_id,
         )
-    ).scalar_one()
-    return job, new_id is not None
+    ).scalar_one_or_none()
+    if job is not None:
+        return job, new_id is not None
+    # No row and none inserted: the table's trigger skipped a job the retention pruned.
+    pruned = session.get(PrunedJob, (request.kind, request.region, request.job_id))
+    if pruned is None:  # pruned, then its tombstone expired in between: not worth a retry loop
+        raise EnqueueError(
+            f"{request.kind} {request.job_id} in {request.region} was being pruned; try again"
+        )
+    return pruned, False
 
 
 def track(
@@ -276,7 +287,9 @@ def enqueue(request: EnqueueRequest, settings: Settings) -> dict[str, Any]:
         )
         result = job.to_dict()
     log.info(
-        "job enqueued" if created else "job already tracked",
+        "job enqueued"
+        if created
+        else "job already tracked" + (" (pruned)" if result.get("pruned_at") else ""),
         extra={"kind": request.kind, "job_id": request.job_id, "tracked_job_id": result["id"]},
     )
     return result

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,9 +26,10 @@ from models import (
     WebhookAttempt,
     WebhookDelivery,
 )
-from models.jobs import ACTIVE_PREDICATE, unknown_kind
+from models.jobs import ACTIVE_PREDICATE, FINISHED_PREDICATE, unknown_kind
 from worker.adaptive.model import SCHEDULES
 from worker.errors import NotFoundError
+from worker.lifecycle import tally
 from worker.policy import AdaptivePolicy
 from worker.providers.table import PROVIDERS
 from worker.settings import Settings
@@ -241,28 +241,6 @@ def delivery_dict(
 # -- stats -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class KindStatusCount:
-    kind: str
-    status: str
-    count: int
-    oldest_created_at: datetime | None
-
-
-def job_counts(session: Session) -> list[KindStatusCount]:
-    """Jobs per (kind, status) with the oldest ``created_at``: one GROUP BY (metrics use it too)."""
-    rows = session.execute(
-        select(
-            TrackedJob.kind,
-            TrackedJob.status,
-            func.count(),
-            func.min(TrackedJob.created_at),
-        ).group_by(TrackedJob.kind, TrackedJob.status)
-    ).all()
-    # min() keeps its argument's type, so ``oldest`` comes back an aware UTC datetime.
-    return [KindStatusCount(kind, status, int(n), oldest) for kind, status, n, oldest in rows]
-
-
 def unpollable(session: Session) -> dict[str, int]:
     """Active jobs of a kind no provider of this tracker polls, by kind (a retired provider, a
     row from before the table rules): they can never be polled, and expire at their deadline."""
@@ -276,54 +254,66 @@ def unpollable(session: Session) -> dict[str, int]:
 
 def stats(session: Session, *, now: datetime) -> dict[str, Any]:
     """Counts by kind and status, oldest active jobs, polls per finished job, deliveries,
-    provider states: the numbers an operator checks first."""
-    counts = job_counts(session)
+    provider states: the numbers an operator checks first.
+
+    Nothing here counts rows: totals come from the tallies the database keeps
+    (:mod:`worker.lifecycle.tally`), the oldest active jobs from one index seek each, and the
+    largest number of polls from the newest finished jobs of each kind only.
+    """
+    tallies = tally.read(session)
     jobs: dict[str, dict[str, int]] = {}
+    for (kind, status), counted in tallies.jobs.items():
+        jobs.setdefault(kind, dict.fromkeys((s.value for s in JobStatus), 0))[status] = counted.rows
     oldest: dict[str, dict[str, Any]] = {}
-    for row in counts:
-        jobs.setdefault(row.kind, dict.fromkeys((s.value for s in JobStatus), 0))[row.status] = (
-            row.count
-        )
-        if JobStatus(row.status) in ACTIVE_STATUSES and row.oldest_created_at is not None:
-            age_s = (now - row.oldest_created_at).total_seconds()
-            best = oldest.get(row.status)
-            if best is None or age_s > best["age_s"]:
-                oldest[row.status] = {"kind": row.kind, "age_s": round(age_s, 1)}
+    for (kind, status), created in tally.oldest_active(session, tallies.active_kinds()).items():
+        age_s = (now - created).total_seconds()
+        best = oldest.get(status)
+        if best is None or age_s > best["age_s"]:
+            oldest[status] = {"kind": kind, "age_s": round(age_s, 1)}
 
-    finished = session.execute(
-        select(
-            TrackedJob.kind,
-            func.count(),
-            func.avg(TrackedJob.polls),
-            func.max(TrackedJob.polls),
-        )
-        .where(TrackedJob.status.in_([s.value for s in TERMINAL_STATUSES]))
-        .group_by(TrackedJob.kind)
-    ).all()
-    polls = {
-        kind: {"jobs": int(n), "avg": round(float(avg or 0), 2), "max": int(top or 0)}
-        for kind, n, avg, top in finished
-    }
+    polls: dict[str, dict[str, Any]] = {}
+    for kind in tallies.kinds():
+        done = tallies.finished(kind)
+        if done.rows <= 0:
+            continue
+        polls[kind] = {
+            "jobs": done.rows,
+            "avg": round(done.polls / done.rows, 2),
+            "max_recent": _max_recent_polls(session, kind),
+            "detection_bound_s": (
+                round(done.bound_s / done.bounded, 2) if done.bounded > 0 else None
+            ),
+        }
 
-    deliveries = dict.fromkeys((s.value for s in DeliveryStatus), 0)
-    for status, n in session.execute(
-        select(WebhookDelivery.status, func.count()).group_by(WebhookDelivery.status)
-    ).all():
-        deliveries[status] = int(n)
-
+    deliveries = {s.value: tallies.deliveries.get(s.value, 0) for s in DeliveryStatus}
     providers = [
         provider_dict(state, now=now)
         for state in session.execute(select(ProviderState).order_by(ProviderState.kind)).scalars()
     ]
     return {
         "jobs": dict(sorted(jobs.items())),
-        "jobs_total": sum(row.count for row in counts),
+        "jobs_total": sum(t.rows for t in tallies.jobs.values()),
         "oldest_active": {s.value: oldest[s.value] for s in JobStatus if s.value in oldest},
         "polls_per_finished_job": dict(sorted(polls.items())),
         "deliveries": deliveries,
         "providers": providers,
         "unpollable": unpollable(session),
     }
+
+
+#: ``max_recent`` looks at this many of the newest finished jobs of a kind.
+RECENT_JOBS = 1000
+
+
+def _max_recent_polls(session: Session, kind: str) -> int:
+    recent = (
+        select(TrackedJob.polls)
+        .where(TrackedJob.kind == kind, FINISHED_PREDICATE)
+        .order_by(TrackedJob.finished_at.desc())
+        .limit(RECENT_JOBS)
+        .subquery()
+    )
+    return int(session.execute(select(func.max(recent.c.polls))).scalar_one() or 0)
 
 
 def provider_dict(state: ProviderState, *, now: datetime) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 from tabulate import tabulate
 
 from models import JobStatus
+from worker.ops.inspection import RECENT_JOBS
 
 #: Cells longer than this are cut (with an ellipsis) in tables; ``show`` prints them whole.
 MAX_CELL = 60
@@ -252,7 +253,13 @@ def stats_page(stats: Mapping[str, Any]) -> str:
         "polls per finished job: "
         + (
             "; ".join(
-                f"{kind} avg {p['avg']:g}, max {p['max']} over {p['jobs']} jobs"
+                f"{kind} avg {p['avg']:g} over {p['jobs']} jobs "
+                f"(max {p['max_recent']} in the newest {RECENT_JOBS}"
+                + (
+                    f", detection within {p['detection_bound_s']:g} s on average)"
+                    if p.get("detection_bound_s") is not None
+                    else ")"
+                )
                 for kind, p in polls.items()
             )
             or "no finished job yet"

@@ -15,6 +15,13 @@ from worker.runtime.migrate import ensure_schema
 from worker.settings import Settings, get_settings
 
 QUEUE = "jobtracker"
+#: How often the tallies are folded (a metrics scrape sums what piled up since).
+COMPACT_TALLIES_EVERY_S = 30.0
+#: How often the retention runs, and the most one run works before leaving the rest to the next.
+PRUNE_EVERY_S = 600.0
+PRUNE_BUDGET_S = 120.0
+#: Rest between two prune batches, so pollers and enqueuers get the database in between.
+PRUNE_PAUSE_S = 0.05
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -49,11 +56,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": "jobtracker.sweep_deliveries",
                 "schedule": max(settings.tick_seconds, 5.0),
             },
+            "jobtracker-compact-tallies": {
+                "task": "jobtracker.compact_tallies",
+                "schedule": COMPACT_TALLIES_EVERY_S,
+            },
+            "jobtracker-prune": {"task": "jobtracker.prune", "schedule": PRUNE_EVERY_S},
         },
         # Stale tick messages (e.g. queued while every worker was down) are worthless.
         "task_annotations": {
             "jobtracker.tick": {"expires": settings.tick_seconds * 2},
             "jobtracker.sweep_deliveries": {"expires": max(settings.tick_seconds, 5.0) * 2},
+            "jobtracker.compact_tallies": {"expires": COMPACT_TALLIES_EVERY_S},
+            "jobtracker.prune": {"expires": PRUNE_EVERY_S},
         },
     }
     if settings.embedded_broker:

@@ -11,13 +11,16 @@ from celery import Task
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from worker import clock
+from worker.db import session_scope
 from worker.errors import EnqueueError
 from worker.flow import deliver
 from worker.flow import poll as poll_stage
 from worker.flow import tick as tick_stage
 from worker.flow.enqueue import track as _track
 from worker.flow.poll import ClaimItem
-from worker.runtime.app import app
+from worker.lifecycle import tally
+from worker.lifecycle.prune import prune as prune_old
+from worker.runtime.app import PRUNE_BUDGET_S, PRUNE_PAUSE_S, app
 from worker.settings import get_settings
 from worker.webhooks.urls import loggable_url
 
@@ -133,3 +136,20 @@ def poll(kind: str, region: str, claims: list[list[Any]]) -> dict[str, int]:
 def sweep_deliveries() -> int:
     """Send every due callback message whose first send was lost or whose retry is due."""
     return deliver.sweep(get_settings())
+
+
+@app.task(name="jobtracker.compact_tallies", acks_late=False, ignore_result=True)
+def compact_tallies() -> int:
+    """Fold the row tallies (what metrics and ``jobtracker stats`` sum) into one row per key."""
+    with session_scope(get_settings()) as session:
+        return tally.compact(session)
+
+
+@app.task(name="jobtracker.prune", acks_late=False, ignore_result=True)
+def prune() -> dict[str, Any]:
+    """Retention: remove finished jobs older than ``JOBTRACKER_RETENTION_DAYS``, in batches,
+    for at most a couple of minutes (the next run goes on)."""
+    settings = get_settings()
+    if settings.retention_days <= 0:  # 0 keeps everything
+        return {}
+    return prune_old(settings, budget_s=PRUNE_BUDGET_S, pause_s=PRUNE_PAUSE_S).to_dict()

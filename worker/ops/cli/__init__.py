@@ -8,6 +8,7 @@ from worker.ops.cli import inspect
 from worker.ops.cli.api import api
 from worker.ops.cli.clients import clients
 from worker.ops.cli.enqueue import enqueue
+from worker.ops.cli.prune import prune
 from worker.ops.cli.run import db, demo, run
 
 
@@ -25,6 +26,7 @@ for command in (
     inspect.deliveries,
     inspect.redeliver,
     inspect.stats,
+    prune,
     db,
     api,
     clients,
