@@ -4,17 +4,19 @@ validator, strict bodies), read, list with stable pages, health, the OpenAPI doc
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from models import TrackedJob
+from models import TrackedJob, utcnow
 from tests.integration.conftest import Api, unique
 from tests.integration.test_enqueue import BAD_INPUTS
 from worker.db import session_scope
 from worker.errors import EnqueueError
 from worker.flow.enqueue import track, validate
+from worker.lifecycle.prune import prune
 
 
 def count_jobs(api: Api) -> int:
@@ -75,6 +77,27 @@ def test_a_job_tracked_for_someone_else_is_a_conflict_that_discloses_nothing(api
     admin = api.new_client("admin")
     seen = api.http(admin.token).post("/v1/jobs", json=body)
     assert seen.status_code == 200 and seen.json()["client_id"] == owner.id
+
+
+def test_a_pruned_job_posted_again_is_its_tombstone_not_a_new_job(api: Api) -> None:
+    owner, rival = api.new_client("enqueue", "read"), api.new_client("enqueue")
+    body = {"kind": "image_animate", "job_id": unique("pruned")}
+    job = api.http(owner.token).post("/v1/jobs", json=body).json()
+    with session_scope(api.settings()) as session:
+        session.execute(
+            update(TrackedJob)
+            .where(TrackedJob.id == job["id"])
+            .values(status="succeeded", finished_at=utcnow() - timedelta(days=400))
+        )
+    assert prune(api.settings(), older_than_s=86400 * 365).jobs == 1
+    again = api.http(owner.token).post("/v1/jobs", json=body)
+    assert again.status_code == 200, again.text
+    assert (again.json()["id"], again.json()["status"]) == (job["id"], "succeeded")
+    assert again.json()["pruned_at"] is not None
+    # Someone else learns nothing more than for a job still tracked.
+    assert api.http(rival.token).post("/v1/jobs", json=body).status_code == 409
+    with session_scope(api.settings()) as session:
+        assert session.get(TrackedJob, job["id"]) is None
 
 
 def _api_body(change: dict[str, Any]) -> dict[str, Any]:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import os
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -163,8 +163,7 @@ def prune(
     finally:
         if archive is not None:
             archive.close()
-            if not report.jobs:
-                archive.discard()
+            if not archive.written:
                 report.archive = None
     report.seconds = time.monotonic() - started
     if report.rows:
@@ -376,11 +375,11 @@ class _Archive:
     twice, never miss one)."""
 
     def __init__(self, folder: Path, now: datetime) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
         stamp = now.strftime("%Y%m%dT%H%M%SZ")
-        self.path = folder / f"pruned-{stamp}-{os.getpid()}.jsonl.gz"
-        # Open across batches (closed by close()): one member per run, not one per batch.
-        self._file = gzip.GzipFile(self.path, "ab")
+        # Two runs in one second (two trackers, or a run and the CLI) must not share a file.
+        self.path = folder / f"pruned-{stamp}-{uuid.uuid4().hex[:8]}.jsonl.gz"
+        self._file: gzip.GzipFile | None = None
 
     def write(self, session: Session, jobs: Sequence[TrackedJob], delivery_ids: list[str]) -> None:
         ids = [job.id for job in jobs]
@@ -419,11 +418,17 @@ class _Archive:
             )
             for job in jobs
         ]
+        if self._file is None:  # created at the first batch: a run with nothing leaves nothing
+            self.folder.mkdir(parents=True, exist_ok=True)
+            # Open across batches (closed by close()): one gzip member per run.
+            self._file = gzip.GzipFile(self.path, "xb")
         self._file.write(("\n".join(lines) + "\n").encode())
         self._file.flush()
 
-    def close(self) -> None:
-        self._file.close()
+    @property
+    def written(self) -> bool:
+        return self._file is not None
 
-    def discard(self) -> None:
-        self.path.unlink(missing_ok=True)
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
