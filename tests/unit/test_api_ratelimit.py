@@ -23,7 +23,7 @@ def gate(tmp_path: Path, rate: str, burst: str) -> tuple[ClientRateLimit, Clock]
     settings = Settings.from_env(
         {"JOBTRACKER_API_RATE": rate, "JOBTRACKER_API_BURST": burst}, cwd=tmp_path
     )
-    limiter = RateLimiter(LocalStore(clock), RatePolicy(margin=0.0))
+    limiter = RateLimiter(LocalStore(clock), RatePolicy(margin=0.0), plan_ahead=False)
     return ClientRateLimit(settings, limiter), clock
 
 

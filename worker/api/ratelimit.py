@@ -25,7 +25,7 @@ class ClientRateLimit:
         if limiter is None:
             redis = settings.broker_url.startswith(("redis://", "rediss://"))
             store: Store = RedisStore(settings.broker_url) if redis else LocalStore()
-            limiter = RateLimiter(store, RatePolicy(margin=0.0))
+            limiter = RateLimiter(store, RatePolicy(margin=0.0), plan_ahead=False)
         self.limiter = limiter
         self.rate = settings.api_rate_per_s
         #: How far ahead of now a client's next slot may be and still be admitted.

@@ -129,9 +129,14 @@ class RateLimiter:
     MIN_LEAD_S = 0.002
     MAX_LEAD_S = 0.25
 
-    def __init__(self, store: Store, policy: RatePolicy | None = None) -> None:
+    def __init__(
+        self, store: Store, policy: RatePolicy | None = None, *, plan_ahead: bool = True
+    ) -> None:
+        """``plan_ahead=False``: slots from the store's reading itself, for a gate that only
+        admits or refuses (nothing waits for the instant, so a round trip cannot make it late)."""
         self.store = store
         self.policy = policy or RatePolicy()
+        self.plan_ahead = plan_ahead
         # A moving estimate of the store's round trip (its commit included). Planned from the
         # reading alone, every slot would already be behind when the reservation returns, and
         # at a high rate the poll loop would drop them all as late.
@@ -142,7 +147,11 @@ class RateLimiter:
     ) -> Slots:
         """Up to ``n`` slots (none when the next one is over ``max_wait_s`` away)."""
 
-        lead = min(self.MAX_LEAD_S, max(self.MIN_LEAD_S, 1.5 * self._trip_s))
+        lead = (
+            min(self.MAX_LEAD_S, max(self.MIN_LEAD_S, 1.5 * self._trip_s))
+            if self.plan_ahead
+            else 0.0
+        )
 
         def change(pace: Pace | None, now: float) -> tuple[Pace, tuple[float, int, float, float]]:
             new, wait, count, interval = plan(
