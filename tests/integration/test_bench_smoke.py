@@ -53,6 +53,21 @@ SCRIPTS = {
         "claim_all_ratio_large_to_small",
     },
     "worker_rss.py": {"rss_mib_small", "rss_mib_large", "rss_ratio_large_to_small"},
+    "scale.py": {
+        *(
+            f"{name}_{what}"
+            for name in ("claim", "scrape", "stats")
+            for what in ("ms_small", "ms_large", "ratio_large_to_small")
+        ),
+        "prune_rows_per_s",
+        "prune_jobs_per_s",
+        "polls_per_s_alone",
+        "polls_per_s_during_prune",
+        "poll_ratio_during_prune",
+        "db_mib_before_prune",
+        "db_mib_after_prune",
+        "db_mib_after_vacuum",
+    },
     "api.py": {
         "track_in_process_per_s",
         "track_in_process_p50_ms",
