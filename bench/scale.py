@@ -18,7 +18,8 @@ Figures (medians of many runs, the small database's first as the baseline):
   removing the oldest ninth of the finished jobs with everything of theirs;
 - ``poll_ratio_during_prune``: polls per second while that prune runs / without it, with the
   provider's and jobtracker's rate limits lifted (QPS 1,000,000), so the database is the shared
-  bottleneck (4 poll threads, batches of 50, the fake provider in its own process);
+  bottleneck (4 poll threads, batches of 50, the fake provider in its own process, the shared
+  pace in Redis);
 - the database's size before and after the prune (and after a plain VACUUM).
 
     .venv/bin/python bench/scale.py [--quick] [--jobs N]
@@ -108,12 +109,14 @@ def load(url: str, jobs: int) -> None:
     get_engine(settings).dispose()
 
 
-def settings_for(url: str, sim: c.SimulatorProcess | None = None) -> Any:
+def settings_for(url: str, sim: c.SimulatorProcess | None = None, broker: str | None = None) -> Any:
     from worker.settings import Settings
 
     return Settings.from_env(
         {
             "JOBTRACKER_DATABASE_URL": url,
+            # The shared pace in Redis, as in production (not in the database under test).
+            **({"JOBTRACKER_BROKER_URL": broker} if broker else {}),
             **(sim.env() if sim is not None else {}),
             "JOBTRACKER_VIDEO_FACE_FUSION_QPS": "1000000",
             "JOBTRACKER_IMAGE_ANIMATE_QPS": "1000000",
@@ -185,13 +188,17 @@ def read_costs(url: str, iterations: int) -> dict[str, float]:
 
 
 def poll_rate(
-    url: str, sim: c.SimulatorProcess, seconds: float, stop: threading.Event | None = None
+    url: str,
+    sim: c.SimulatorProcess,
+    broker: str,
+    seconds: float,
+    stop: threading.Event | None = None,
 ) -> float:
     """Polls per second of 4 threads claiming and polling batches of 50 for ``seconds``."""
     from worker.flow.poll import poll_batch
     from worker.flow.tick import claim_all
 
-    settings = settings_for(url, sim)
+    settings = settings_for(url, sim, broker)
     polled = 0
     deadline = time.monotonic() + seconds
     started = time.monotonic()
@@ -239,7 +246,7 @@ def main() -> int:
     small = 10_000
     iterations = 15 if args.quick else 100
     poll_s = 4.0 if args.quick else 30.0
-    c.require_services(redis=False)
+    c.require_services()
     c.header(
         "scale: claim, scrape, stats at a large vs a small table; prune; polling under a prune",
         large=f"{large:,} jobs (90 % finished over 90 days, 2 transitions each, 1 in 10 with a "
@@ -268,8 +275,8 @@ def main() -> int:
                 ("<=", 2.0),
             )
         before = db_size(url)
-        with c.SimulatorProcess() as sim:
-            alone = poll_rate(url, sim, poll_s)
+        with c.SimulatorProcess() as sim, c.redis_db() as broker:
+            alone = poll_rate(url, sim, broker, poll_s)
             pruner = prune_process(url, "80d")
             stop = threading.Event()
             result: dict[str, str] = {}
@@ -281,7 +288,7 @@ def main() -> int:
             watcher = threading.Thread(target=wait_for_prune)
             watcher.start()
             # Polling measured only while the prune runs (at most poll_s).
-            during = poll_rate(url, sim, poll_s, stop)
+            during = poll_rate(url, sim, broker, poll_s, stop)
             watcher.join()
             out, err = result["out"], result["err"]
         assert pruner.returncode == 0, err[-2000:]

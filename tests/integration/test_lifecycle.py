@@ -277,6 +277,10 @@ def test_enqueuing_a_pruned_job_again_tracks_nothing_on_every_way_in(
             )
         )
     assert job_ids(settings) == set()
+    # `jobtracker show` says where it went.
+    shown = CliRunner().invoke(main, ["show", "image_animate", "done-long-ago"])
+    assert shown.exit_code == 1
+    assert "pruned by the retention" in shown.output and "ended succeeded" in shown.output
     # Another region is another job.
     track("image_animate", "done-long-ago", region="ap-shanghai", settings=settings)
     assert job_ids(settings) == {"done-long-ago"}

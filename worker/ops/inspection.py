@@ -22,6 +22,7 @@ from models import (
     JobStatus,
     JobTransition,
     ProviderState,
+    PrunedJob,
     TrackedJob,
     WebhookAttempt,
     WebhookDelivery,
@@ -123,13 +124,30 @@ def find_job(session: Session, ref: Sequence[str], *, region: str | None = None)
     matches = list(session.execute(query.order_by(TrackedJob.id).limit(10)).scalars())
     where = " ".join([*kind, job_id]) + (f" in {region}" if region else "")
     if not matches:
-        raise NotFoundError(
+        message = (
             f"no tracked job with id or JobId {job_id}" if by_id else f"no tracked job {where}"
         )
+        raise NotFoundError(message + _pruned_note(session, kind, job_id, region))
     if len(matches) > 1:
         found = ", ".join(f"{j.kind} {j.region} (id {j.id})" for j in matches)
         raise NotFoundError(f"JobId {job_id} matches several jobs: {found}; name one by id")
     return matches[0]
+
+
+def _pruned_note(session: Session, kind: list[str], job_id: str, region: str | None) -> str:
+    """Where the retention removed the job: say so, and how it ended."""
+    query = select(PrunedJob).where(PrunedJob.job_id == job_id)
+    if kind:
+        query = query.where(PrunedJob.kind == kind[0])
+    if region is not None:
+        query = query.where(PrunedJob.region == region)
+    pruned = session.execute(query.limit(1)).scalars().first()
+    if pruned is None:
+        return ""
+    return (
+        f" (pruned by the retention at {pruned.pruned_at:%Y-%m-%d %H:%M} UTC; "
+        f"it had ended {pruned.status})"
+    )
 
 
 def job_detail(session: Session, job: TrackedJob) -> dict[str, Any]:
