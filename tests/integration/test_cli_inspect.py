@@ -289,7 +289,10 @@ def test_stats_counts_and_provider_states(world: World) -> None:
     assert data["jobs_total"] == 4
     assert data["oldest_active"]["pending"]["kind"] == "image_animate"
     assert data["oldest_active"]["pending"]["age_s"] >= 0
-    assert data["polls_per_finished_job"]["video_face_fusion"] == {"jobs": 2, "avg": 2.0, "max": 2}
+    polls = data["polls_per_finished_job"]["video_face_fusion"]
+    assert (polls["jobs"], polls["avg"], polls["max_recent"]) == (2, 2.0, 2)
+    # Each ended job's bound: its terminal poll minus the poll before (None if polled once).
+    assert polls["detection_bound_s"] is None or polls["detection_bound_s"] >= 0
     assert data["deliveries"] == {"pending": 1, "delivered": 1, "failed": 1}
     states = {p["kind"]: p for p in data["providers"]}
     assert states["image_animate"]["paused"] is True
