@@ -103,6 +103,13 @@ def figure(
     return met
 
 
+def size_figures(name: str, small_s: float, large_s: float, *, bound: float = 2.0) -> None:
+    """A cost at the small and the large table, in ms, and their ratio against ``bound``."""
+    figure(f"{name}_ms_small", small_s * 1000, "ms")
+    figure(f"{name}_ms_large", large_s * 1000, "ms")
+    figure(f"{name}_ratio_large_to_small", large_s / small_s, "x", ("<=", bound))
+
+
 def percentile(values: list[float], q: float) -> float:
     """The ``q``-th percentile (0-100), linear between closest ranks."""
     ordered = sorted(values)

@@ -266,14 +266,7 @@ def main() -> int:
         c.note(f"loaded {large:,} jobs and their rows in {time.perf_counter() - started:.0f} s")
         costs[large] = read_costs(url, iterations)
         for name in ("claim", "scrape", "stats"):
-            c.figure(f"{name}_ms_small", costs[small][name] * 1000, "ms")
-            c.figure(f"{name}_ms_large", costs[large][name] * 1000, "ms")
-            c.figure(
-                f"{name}_ratio_large_to_small",
-                costs[large][name] / costs[small][name],
-                "x",
-                ("<=", 2.0),
-            )
+            c.size_figures(name, costs[small][name], costs[large][name])
         before = db_size(url)
         with c.SimulatorProcess() as sim, c.redis_db() as broker:
             alone = poll_rate(url, sim, broker, poll_s)

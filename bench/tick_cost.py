@@ -154,14 +154,7 @@ def main() -> int:
     c.note(f"plan of the claim statement on {large:,} rows ({datetime.now():%H:%M:%S}):")
     print(plan, flush=True)
     for name in ("claim_due", "claim_all"):
-        c.figure(f"{name}_ms_small", medians[small][name] * 1000, "ms")
-        c.figure(f"{name}_ms_large", medians[large][name] * 1000, "ms")
-        c.figure(
-            f"{name}_ratio_large_to_small",
-            medians[large][name] / medians[small][name],
-            "x",
-            ("<=", 2.0),
-        )
+        c.size_figures(name, medians[small][name], medians[large][name])
     return 0
 
 

@@ -9,11 +9,13 @@ like the tracker's own writes.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import BigInteger, Float, Index, Integer, String, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, UTCDateTime
+from models.jobs import TrackedJob
 
 #: SQLite only makes an INTEGER PRIMARY KEY its rowid (autoincrementing); PostgreSQL gets 64 bits.
 _BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -38,37 +40,23 @@ class PrunedJob(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     pruned_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
 
-    def to_dict(self) -> dict[str, object]:
-        """The job as far as it is still known, in the shape of ``TrackedJob.to_dict``."""
-
-        def ts(value: datetime | None) -> str | None:
-            return value.isoformat() if value else None
-
-        return {
-            "id": self.tracked_job_id,
-            "kind": self.kind,
-            "region": self.region,
-            "job_id": self.job_id,
-            "status": self.status,
-            "provider_status": None,
-            "error": None,
-            "result": None,
-            "result_expires_at": None,
-            "callback_url": None,
-            "metadata": {},
-            "polls": None,
-            "last_error": None,
-            "created_at": ts(self.created_at),
-            "updated_at": ts(self.pruned_at),
-            "last_polled_at": None,
-            "next_poll_at": None,
-            "deadline_at": None,
-            "expected_duration_s": None,
-            "last_unfinished_at": None,
-            "finished_at": ts(self.finished_at),
-            "client_id": self.client_id,
-            "pruned_at": ts(self.pruned_at),
-        }
+    def to_dict(self) -> dict[str, Any]:
+        """The job as far as it is still known, in the shape of ``TrackedJob.to_dict`` (what
+        is gone is null), plus ``pruned_at``."""
+        # A transient row, never added to a session: only to share the one rendering of a job.
+        known = TrackedJob(
+            id=self.tracked_job_id,
+            kind=self.kind,
+            region=self.region,
+            job_id=self.job_id,
+            status=self.status,
+            meta={},
+            created_at=self.created_at,
+            updated_at=self.pruned_at,
+            finished_at=self.finished_at,
+            client_id=self.client_id,
+        )
+        return {**known.to_dict(), "pruned_at": self.pruned_at.isoformat()}
 
 
 class RowTally(Base):
