@@ -159,3 +159,59 @@ def test_the_api_clients_revision_goes_down_and_up_keeping_jobs_and_their_histor
     engine.dispose()
     upgrade("head", settings)
     assert _diff(empty_db) == []
+
+
+def test_the_lifecycle_revision_counts_existing_rows_and_goes_down_cleanly(empty_db: str) -> None:
+    """0006 on a database with rows: the tallies start from a count of what is there, then
+    follow every write; the downgrade leaves no trigger behind (writes still work)."""
+    settings = Settings.from_env({"JOBTRACKER_DATABASE_URL": empty_db})
+    upgrade("0005", settings)
+    engine = create_engine(normalize_url(empty_db))
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO tracked_jobs (kind, job_id) VALUES "
+                "('image_animate', 'a'), ('image_animate', 'b'), ('video_face_fusion', 'c')"
+            )
+        )
+        conn.execute(
+            text(
+                "UPDATE tracked_jobs SET status = 'succeeded', finished_at = CURRENT_TIMESTAMP, "
+                "polls = 4 WHERE job_id = 'a'"
+            )
+        )
+    engine.dispose()
+    upgrade("head", settings)
+    dispose_engines()
+
+    def tallies() -> dict[tuple[str, str], tuple[int, int]]:
+        with create_engine(normalize_url(empty_db)).connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT kind, status, sum(rows), sum(polls) FROM row_tallies "
+                    "WHERE subject = 'job' GROUP BY kind, status HAVING sum(rows) <> 0"
+                )
+            ).all()
+        return {(k, s): (int(n), int(p)) for k, s, n, p in rows}
+
+    assert tallies() == {
+        ("image_animate", "succeeded"): (1, 4),
+        ("image_animate", "pending"): (1, 0),
+        ("video_face_fusion", "pending"): (1, 0),
+    }
+    engine = create_engine(normalize_url(empty_db))
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM tracked_jobs WHERE job_id = 'b'"))
+    engine.dispose()
+    assert ("image_animate", "pending") not in tallies()
+    downgrade("0005", settings)
+    dispose_engines()
+    engine = create_engine(normalize_url(empty_db))
+    with engine.begin() as conn:
+        assert not {"row_tallies", "pruned_jobs"} & set(inspect(conn).get_table_names())
+        conn.execute(text("INSERT INTO tracked_jobs (kind, job_id) VALUES ('image_animate', 'd')"))
+        conn.execute(text("UPDATE tracked_jobs SET polls = polls + 1"))
+        conn.execute(text("DELETE FROM tracked_jobs WHERE job_id = 'd'"))
+    engine.dispose()
+    upgrade("head", settings)
+    assert _diff(empty_db) == []
