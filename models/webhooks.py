@@ -74,7 +74,7 @@ class WebhookAttempt(Base):
     __table_args__ = (
         Index("ix_webhook_attempts_delivery_id", "delivery_id", "id"),
         # Retention removes the oldest attempts of delivered messages first.
-        Index("ix_webhook_attempts_attempted_at", "attempted_at"),
+        Index("ix_webhook_attempts_attempted_at", "attempted_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -40,7 +40,21 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    # An INSERT OR REPLACE deletes the row it replaces; only with this do its delete triggers
+    # run (the row tallies of migration 0006 would drift otherwise).
+    cursor.execute("PRAGMA recursive_triggers=ON")
     cursor.close()
+
+
+def lock_for_write(session: Session) -> None:
+    """On SQLite, take the database's write lock now, for reads that decide a later write.
+
+    The sqlite3 driver opens a transaction only at the first write, so the reads before it run
+    outside of it and another writer may change what they saw. Any write statement takes the
+    lock, even one that matches no row. PostgreSQL: nothing to do (lock the rows instead).
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text("UPDATE row_tallies SET rows = rows WHERE 0"))
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

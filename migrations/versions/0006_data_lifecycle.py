@@ -99,12 +99,13 @@ def _pg_tally_triggers(table: str, function: str) -> list[str]:
 
 # A job row locked by a pruner (or being deleted by one) makes the check wait for it, and the
 # tombstone is read after: an INSERT racing a prune of the same job is skipped, not let in.
+# KEY SHARE: it waits for a pruner's FOR UPDATE or DELETE, not for a poll's plain UPDATE.
 PG_SKIP_PRUNED = """
 CREATE FUNCTION jobtracker_skip_pruned() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM 1 FROM tracked_jobs t
      WHERE t.kind = NEW.kind AND t.region = NEW.region AND t.job_id = NEW.job_id
-       FOR SHARE;
+       FOR KEY SHARE;
     IF EXISTS (SELECT 1 FROM pruned_jobs p
                 WHERE p.kind = NEW.kind AND p.region = NEW.region AND p.job_id = NEW.job_id) THEN
         RETURN NULL;
@@ -220,7 +221,7 @@ def upgrade() -> None:
         postgresql_where=sa.text(ACTIVE),
         sqlite_where=sa.text(ACTIVE),
     )
-    op.create_index("ix_webhook_attempts_attempted_at", "webhook_attempts", ["attempted_at"])
+    op.create_index("ix_webhook_attempts_attempted_at", "webhook_attempts", ["attempted_at", "id"])
 
     if dialect == "postgresql":
         # No write may land between the count below and the triggers taking over.
@@ -241,7 +242,10 @@ def upgrade() -> None:
         )
         bound = "extract(epoch FROM (finished_at - last_unfinished_at))::float8"
     else:
-        # SQLite: the migration's transaction already holds the only write lock.
+        # SQLite's driver opens a transaction only at the first write, so take the write lock
+        # with one before the triggers: no write may land between them and the count below,
+        # and a failed count takes the triggers back with it.
+        op.execute("UPDATE row_tallies SET rows = rows WHERE 0")
         for statement in [
             *_sqlite_triggers("tracked_jobs", _sqlite_job_values, SQLITE_JOB_CHANGED),
             *_sqlite_triggers(

@@ -440,3 +440,80 @@ def test_the_periodic_tasks_prune_and_compact(
     reset_settings()
     add_job(settings, "old2")
     assert tasks.prune() == {}
+
+
+def test_a_callback_redelivered_while_its_job_is_chosen_keeps_the_job(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The choice locks job rows; a redelivery changes only the message. The batch reads the
+    callbacks again, locked, before it deletes, and keeps a job whose callback is pending."""
+    from sqlalchemy import event
+
+    from worker.db import get_engine
+    from worker.flow.deliver import redeliver
+
+    settings = settings_for(pg_url, tmp_path)
+    add_job(settings, "redelivered", delivery="delivered")
+    add_job(settings, "plain", delivery="delivered")
+    fired: list[str] = []
+
+    def redeliver_meanwhile(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if not fired and "FROM tracked_jobs" in statement and "SKIP LOCKED" in statement:
+            fired.append(statement)
+            worker = threading.Thread(target=redeliver, args=(settings, "msg_redelivered"))
+            worker.start()
+            worker.join(timeout=30)
+
+    engine = get_engine(settings)
+    event.listen(engine, "after_cursor_execute", redeliver_meanwhile)
+    try:
+        report = prune(settings)
+    finally:
+        event.remove(engine, "after_cursor_execute", redeliver_meanwhile)
+    assert fired
+    assert report.jobs == 1 and job_ids(settings) == {"redelivered"}
+    with session_scope(settings) as session:
+        message = session.get(WebhookDelivery, "msg_redelivered")
+        assert message is not None and message.status == "pending"
+
+
+def test_a_shorter_older_than_keeps_a_callback_that_failed_within_the_retention(
+    db_url: str, tmp_path: Path
+) -> None:
+    settings = settings_for(db_url, tmp_path, JOBTRACKER_RETENTION_DAYS="30")
+    add_job(settings, "failed-2d-ago", age=40 * DAY, delivery="failed", delivery_age=2 * DAY)
+    add_job(settings, "done-2d-ago", age=2 * DAY, delivery="delivered")
+    report = prune(settings, older_than_s=DAY.total_seconds())
+    assert report.jobs == 1 and job_ids(settings) == {"failed-2d-ago"}
+
+
+def test_old_attempts_of_failed_callbacks_do_not_stop_the_walk(db_url: str, tmp_path: Path) -> None:
+    """Attempts are walked by time once per run: a batch of old attempts that must stay (a
+    failed callback's) does not end the run before the delivered ones behind it."""
+    settings = settings_for(
+        db_url, tmp_path, JOBTRACKER_PRUNE_BATCH="3", JOBTRACKER_ATTEMPT_RETENTION_DAYS="7"
+    )
+    add_job(settings, "failed", age=20 * DAY, delivery="failed", attempts=7)
+    add_job(settings, "delivered", age=10 * DAY, delivery="delivered", attempts=5)
+    before = prune(settings, dry_run=True)
+    assert before.delivered_attempts == 5
+    report = prune(settings)
+    assert (report.jobs, report.delivered_attempts) == (0, 5)
+    assert counts(settings)["webhook_attempts"] == 7
+
+
+def test_insert_or_replace_on_sqlite_keeps_the_tallies_exact(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    settings = settings_for(sqlite_url, tmp_path)
+    add_job(settings, "a")
+    with session_scope(settings) as session:
+        row = session.execute(select(TrackedJob.id)).scalar_one()
+        session.execute(
+            text(
+                "INSERT OR REPLACE INTO tracked_jobs (id, kind, job_id, status) "
+                "VALUES (:id, 'image_animate', 'a', 'pending')"
+            ),
+            {"id": row},
+        )
+    assert tallied(settings) == true_counts(settings)

@@ -39,7 +39,7 @@ from models import (
     WebhookDelivery,
 )
 from worker import clock
-from worker.db import session_scope
+from worker.db import lock_for_write, session_scope
 from worker.lifecycle import tally
 from worker.ops.inspection import delivery_dict
 from worker.settings import Settings
@@ -135,20 +135,25 @@ def prune(
             for kind in kinds:
                 while not out_of_time():
                     with session_scope(settings) as session:
-                        taken = _prune_batch(session, settings, kind, cutoff, now, report, archive)
-                    if taken:
+                        taken, removed = _prune_batch(
+                            session, settings, kind, cutoff, now, report, archive
+                        )
+                    if removed:
                         report.batches += 1
-                        report.kinds[kind] = report.kinds.get(kind, 0) + taken
+                        report.kinds[kind] = report.kinds.get(kind, 0) + removed
                     if taken < settings.prune_batch:
                         break
                     if pause_s:
                         time.sleep(pause_s)
         attempt_cutoff = _attempt_cutoff(settings, now, older_than_s)
+        after: tuple[datetime, int] | None = None
         while attempt_cutoff is not None and not out_of_time():
             with session_scope(settings) as session:
-                n = _prune_delivered_attempts(session, attempt_cutoff, settings.prune_batch)
+                seen, n, after = _prune_delivered_attempts(
+                    session, attempt_cutoff, settings.prune_batch, after
+                )
             report.delivered_attempts += n
-            if n < settings.prune_batch:
+            if seen < settings.prune_batch:
                 break
             if pause_s:
                 time.sleep(pause_s)
@@ -182,18 +187,21 @@ def _attempt_cutoff(
     return now - timedelta(seconds=min(days * DAY_S, older_than_s))
 
 
-def _eligible(kind: str | None, cutoff: datetime) -> list[Any]:
-    """A finished job older than ``cutoff`` with no callback that must stay."""
-    keep = exists().where(
-        WebhookDelivery.tracked_job_id == TrackedJob.id,
-        or_(
-            WebhookDelivery.status == DeliveryStatus.PENDING.value,
-            and_(
-                WebhookDelivery.status == DeliveryStatus.FAILED.value,
-                WebhookDelivery.updated_at >= cutoff,
-            ),
+def _must_stay(failed_since: datetime) -> Any:
+    """A callback that keeps its job: still pending, or failed for good since ``failed_since``
+    (its last attempt; it may still be redelivered)."""
+    return or_(
+        WebhookDelivery.status == DeliveryStatus.PENDING.value,
+        and_(
+            WebhookDelivery.status == DeliveryStatus.FAILED.value,
+            WebhookDelivery.updated_at >= failed_since,
         ),
     )
+
+
+def _eligible(kind: str | None, cutoff: datetime, failed_since: datetime) -> list[Any]:
+    """A finished job older than ``cutoff`` with no callback that must stay."""
+    keep = exists().where(WebhookDelivery.tracked_job_id == TrackedJob.id, _must_stay(failed_since))
     conditions = [
         TrackedJob.finished_at.is_not(None),
         TrackedJob.finished_at < cutoff,
@@ -205,6 +213,14 @@ def _eligible(kind: str | None, cutoff: datetime) -> list[Any]:
     return conditions
 
 
+def _failed_since(settings: Settings, cutoff: datetime, now: datetime) -> datetime:
+    """A failed callback is kept the retention from its last attempt, even when a shorter
+    ``--older-than`` is asked for."""
+    if settings.retention_days <= 0:
+        return cutoff
+    return min(cutoff, now - timedelta(seconds=settings.retention_days * DAY_S))
+
+
 def _prune_batch(
     session: Session,
     settings: Settings,
@@ -213,11 +229,14 @@ def _prune_batch(
     now: datetime,
     report: PruneReport,
     archive: _Archive | None,
-) -> int:
+) -> tuple[int, int]:
+    """One transaction: returns how many jobs it chose, and how many of them it removed."""
+    lock_for_write(session)  # SQLite: what is chosen stays true until it is deleted
+    failed_since = _failed_since(settings, cutoff, now)
     jobs = (
         session.execute(
             select(TrackedJob)
-            .where(*_eligible(kind, cutoff))
+            .where(*_eligible(kind, cutoff, failed_since))
             .order_by(TrackedJob.finished_at)
             .limit(settings.prune_batch)
             .with_for_update(skip_locked=True)
@@ -226,13 +245,21 @@ def _prune_batch(
         .all()
     )
     if not jobs:
-        return 0
+        return 0, 0
+    # The callbacks again, locked: a redelivery may have made one pending since the choice
+    # (it changes the message, not the job, so the job's lock did not stop it).
+    deliveries = session.execute(
+        select(WebhookDelivery.id, WebhookDelivery.tracked_job_id, _must_stay(failed_since))
+        .where(WebhookDelivery.tracked_job_id.in_([job.id for job in jobs]))
+        .with_for_update()
+    ).all()
+    kept = {job_pk for _, job_pk, stays in deliveries if stays}
+    chosen = len(jobs)
+    jobs = [job for job in jobs if job.id not in kept]
     ids = [job.id for job in jobs]
-    delivery_ids = list(
-        session.execute(
-            select(WebhookDelivery.id).where(WebhookDelivery.tracked_job_id.in_(ids))
-        ).scalars()
-    )
+    delivery_ids = [delivery_pk for delivery_pk, job_pk, _ in deliveries if job_pk not in kept]
+    if not jobs:
+        return chosen, 0
     if archive is not None:
         archive.write(session, jobs, delivery_ids)
     dialect = session.get_bind().dialect.name
@@ -268,7 +295,7 @@ def _prune_batch(
         session, delete(JobTransition).where(JobTransition.tracked_job_id.in_(ids))
     )
     report.jobs += _delete(session, delete(TrackedJob).where(TrackedJob.id.in_(ids)))
-    return len(ids)
+    return chosen, len(ids)
 
 
 def _delete(session: Session, statement: Any) -> int:
@@ -276,23 +303,43 @@ def _delete(session: Session, statement: Any) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def _prune_delivered_attempts(session: Session, cutoff: datetime, limit: int) -> int:
-    """The oldest attempts of delivered callbacks: their outcome is on the message already."""
-    chosen = (
-        select(WebhookAttempt.id)
-        .join(WebhookDelivery, WebhookDelivery.id == WebhookAttempt.delivery_id)
-        .where(
-            WebhookAttempt.attempted_at < cutoff,
-            WebhookDelivery.status == DeliveryStatus.DELIVERED.value,
+def _prune_delivered_attempts(
+    session: Session, cutoff: datetime, limit: int, after: tuple[datetime, int] | None
+) -> tuple[int, int, tuple[datetime, int] | None]:
+    """The oldest attempts of delivered callbacks (their outcome is on the message already).
+
+    Walks ``webhook_attempts`` by (attempted_at, id) from ``after``, ``limit`` rows at a time,
+    so the old attempts of failed or pending callbacks, which stay, are read once per run and
+    not again by every batch. Returns (rows examined, rows removed, where to go on from).
+    """
+    lock_for_write(session)
+    key = tuple_(WebhookAttempt.attempted_at, WebhookAttempt.id)
+    query = (
+        select(
+            WebhookAttempt.id,
+            WebhookAttempt.attempted_at,
+            exists().where(
+                WebhookDelivery.id == WebhookAttempt.delivery_id,
+                WebhookDelivery.status == DeliveryStatus.DELIVERED.value,
+            ),
         )
-        .order_by(WebhookAttempt.attempted_at)
+        .where(WebhookAttempt.attempted_at < cutoff)
+        .order_by(WebhookAttempt.attempted_at, WebhookAttempt.id)
         .limit(limit)
-        .with_for_update(of=WebhookAttempt, skip_locked=True)
+        .with_for_update(skip_locked=True)
     )
-    ids = list(session.execute(chosen).scalars())
-    if not ids:
-        return 0
-    return _delete(session, delete(WebhookAttempt).where(WebhookAttempt.id.in_(ids)))
+    if after is not None:
+        query = query.where(key > tuple_(*after))
+    rows = session.execute(query).all()
+    if not rows:
+        return 0, 0, after
+    doomed = [attempt_pk for attempt_pk, _, delivered in rows if delivered]
+    removed = (
+        _delete(session, delete(WebhookAttempt).where(WebhookAttempt.id.in_(doomed)))
+        if doomed
+        else 0
+    )
+    return len(rows), removed, (rows[-1][1], rows[-1][0])
 
 
 def _expire_tombstones(session: Session, cutoff: datetime, limit: int) -> int:
@@ -314,11 +361,12 @@ def _count(session: Session, settings: Settings, report: PruneReport, now: datet
     """What a run would remove now (one count per table: a dry run is an operator's question,
     not a periodic task)."""
     if report.cutoff is not None:
-        eligible = select(TrackedJob.id).where(*_eligible(None, report.cutoff))
+        failed_since = _failed_since(settings, report.cutoff, now)
+        eligible = select(TrackedJob.id).where(*_eligible(None, report.cutoff, failed_since))
         report.jobs = _scalar(session, select(func.count()).select_from(eligible.subquery()))
         for kind, n in session.execute(
             select(TrackedJob.kind, func.count())
-            .where(*_eligible(None, report.cutoff))
+            .where(*_eligible(None, report.cutoff, failed_since))
             .group_by(TrackedJob.kind)
         ):
             report.kinds[kind] = int(n)
@@ -339,19 +387,24 @@ def _count(session: Session, settings: Settings, report: PruneReport, now: datet
         )
     attempt_cutoff = _attempt_cutoff(settings, now, _age_s(report.cutoff, now))
     if attempt_cutoff is not None:
+        delivered = [
+            WebhookAttempt.attempted_at < attempt_cutoff,
+            WebhookDelivery.status == DeliveryStatus.DELIVERED.value,
+        ]
+        if report.cutoff is not None:
+            # Those of jobs removed anyway are counted once, with their jobs.
+            delivered.append(
+                WebhookDelivery.tracked_job_id.not_in(
+                    select(TrackedJob.id).where(*_eligible(None, report.cutoff, failed_since))
+                )
+            )
         report.delivered_attempts = _scalar(
             session,
             select(func.count())
             .select_from(WebhookAttempt)
             .join(WebhookDelivery, WebhookDelivery.id == WebhookAttempt.delivery_id)
-            .where(
-                WebhookAttempt.attempted_at < attempt_cutoff,
-                WebhookDelivery.status == DeliveryStatus.DELIVERED.value,
-            ),
+            .where(*delivered),
         )
-        if report.cutoff is not None:
-            # Those of jobs removed anyway are counted once, with their jobs.
-            report.delivered_attempts = max(0, report.delivered_attempts - report.attempts)
     if settings.tombstone_days > 0:
         report.tombstones_expired = _scalar(
             session,
