@@ -16,8 +16,11 @@ The provider client and the webhook transport both use them.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
@@ -38,15 +41,15 @@ class Watchdog:
     def __init__(self, timeout_s: float) -> None:
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
-        self._timer = threading.Timer(max(0.0, timeout_s), self._fire)
-        self._timer.daemon = True
+        self._timeout_s = max(0.0, timeout_s)
+        self._cancelled = False
         self.fired = False
 
     def start(self) -> None:
-        self._timer.start()
+        _REAPER.add(time.monotonic() + self._timeout_s, self)
 
     def cancel(self) -> None:
-        self._timer.cancel()
+        self._cancelled = True  # the reaper forgets it when its time comes
 
     def watch(self, sock: socket.socket) -> None:
         with self._lock:
@@ -56,15 +59,52 @@ class Watchdog:
                 self._sockets.append(sock)
 
     def fire(self) -> None:
-        """Shut the watched sockets down now (the timer's own call, or an early one)."""
-        self._timer.cancel()
-        self._fire()
-
-    def _fire(self) -> None:
+        """Shut the watched sockets down now (the reaper's call at the deadline, or an early
+        one)."""
         with self._lock:
             self.fired = True
             for sock in self._sockets:
                 shutdown(sock)
+
+    def _due(self) -> None:
+        if not self._cancelled:
+            self.fire()
+
+
+class _Reaper:
+    """One daemon thread for every deadline of the process: a heap of (instant, watchdog).
+
+    A thread per exchange (``threading.Timer``) cost a thread start per provider call, which
+    under a busy GIL took milliseconds: the most expensive part of a call to a fast provider.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Watchdog]] = []
+        self._wake = threading.Condition()
+        self._count = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, at: float, watchdog: Watchdog) -> None:
+        with self._wake:
+            heapq.heappush(self._heap, (at, next(self._count), watchdog))
+            if self._thread is None or not self._thread.is_alive():  # first use, or after fork
+                self._thread = threading.Thread(
+                    target=self._run, name="jobtracker-http-deadlines", daemon=True
+                )
+                self._thread.start()
+            elif self._heap[0][2] is watchdog:
+                self._wake.notify()  # earlier than what the thread sleeps until
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    self._wake.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
+                _, _, watchdog = heapq.heappop(self._heap)
+            watchdog._due()
+
+
+_REAPER = _Reaper()
 
 
 _WATCHDOG: ContextVar[Watchdog | None] = ContextVar("jobtracker_http_watchdog", default=None)
