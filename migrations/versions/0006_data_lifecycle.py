@@ -9,8 +9,9 @@
   one count of the existing rows, with the tables locked against writes meanwhile.
 - Indexes: the oldest active job per (kind, status), and attempts by time.
 
-PostgreSQL's tally triggers run once per statement over its transition tables (a claim of 500
-rows appends at most a few tallies); SQLite has only row triggers.
+On PostgreSQL, inserts and deletes are tallied once per statement over its transition tables (a
+prune's batch of 500 appends a few tallies) and updates by a row trigger that fires only when a
+tally changes (a status move, a finished row); SQLite has only row triggers, with the same WHEN.
 
 Revision ID: 0006
 Revises: 0005
@@ -72,12 +73,12 @@ def _pg_tally_function(name: str, subject: str, make: Callable[[str, str], str])
     return f"""
 CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'INSERT' THEN
+    IF TG_LEVEL = 'ROW' THEN
+        {insert(make("(SELECT NEW.*)", "+") + " UNION ALL " + make("(SELECT OLD.*)", "-"))}
+    ELSIF TG_OP = 'INSERT' THEN
         {insert(make("new_rows", "+"))}
-    ELSIF TG_OP = 'DELETE' THEN
-        {insert(make("old_rows", "-"))}
     ELSE
-        {insert(make("new_rows", "+") + " UNION ALL " + make("old_rows", "-"))}
+        {insert(make("old_rows", "-"))}
     END IF;
     RETURN NULL;
 END
@@ -85,13 +86,16 @@ $$
 """
 
 
-def _pg_tally_triggers(table: str, function: str) -> list[str]:
+def _pg_tally_triggers(table: str, function: str, update_when: str) -> list[str]:
+    # Updates are row triggers with a WHEN: a statement trigger over transition tables ran on
+    # every poll's write and every claim, and made a 50-row poll write 34 % slower, though
+    # almost none of them changes a tally. Inserts and deletes (a prune's batch) stay per
+    # statement.
     return [
         f"CREATE TRIGGER {table}_tally_insert AFTER INSERT ON {table} "
         f"REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION {function}()",
         f"CREATE TRIGGER {table}_tally_update AFTER UPDATE ON {table} "
-        "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows "
-        f"FOR EACH STATEMENT EXECUTE FUNCTION {function}()",
+        f"FOR EACH ROW WHEN ({update_when}) EXECUTE FUNCTION {function}()",
         f"CREATE TRIGGER {table}_tally_delete AFTER DELETE ON {table} "
         f"REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION {function}()",
     ]
@@ -156,6 +160,7 @@ BEGIN SELECT RAISE(IGNORE); END
 
 # What a job row's tallies depend on: a change of anything else (a poll's counters, a lease)
 # appends nothing. A finished row's polls and bound count, so any change to one re-tallies it.
+# (PostgreSQL uses the same conditions, with IS DISTINCT FROM.)
 SQLITE_JOB_CHANGED = (
     "OLD.status IS NOT NEW.status OR OLD.kind IS NOT NEW.kind "
     f"OR NEW.status IN {TERMINAL} OR OLD.status IN {TERMINAL}"
@@ -231,8 +236,16 @@ def upgrade() -> None:
             _pg_tally_function("jobtracker_tally_deliveries", "delivery", _pg_delivery_terms)
         )
         for statement in [
-            *_pg_tally_triggers("tracked_jobs", "jobtracker_tally_jobs"),
-            *_pg_tally_triggers("webhook_deliveries", "jobtracker_tally_deliveries"),
+            *_pg_tally_triggers(
+                "tracked_jobs",
+                "jobtracker_tally_jobs",
+                SQLITE_JOB_CHANGED.replace(" IS NOT ", " IS DISTINCT FROM "),
+            ),
+            *_pg_tally_triggers(
+                "webhook_deliveries",
+                "jobtracker_tally_deliveries",
+                SQLITE_DELIVERY_CHANGED.replace(" IS NOT ", " IS DISTINCT FROM "),
+            ),
         ]:
             op.execute(statement)
         op.execute(PG_SKIP_PRUNED)

@@ -432,7 +432,9 @@ def test_the_periodic_tasks_prune_and_compact(
     add_job(settings, "old")
     add_job(settings, "new", age=DAY)
     assert tasks.prune()["jobs"] == 1
-    assert tasks.compact_tallies() >= 0
+    # Two inserts and a delete left several tally rows for the same keys: folded now.
+    assert tasks.compact_tallies() > 0
+    assert tasks.compact_tallies() == 0
     assert job_ids(settings) == {"new"}
     monkeypatch.setenv("JOBTRACKER_RETENTION_DAYS", "0")
     from worker.settings import reset_settings
