@@ -218,8 +218,8 @@ class SimulatorProcess:
                 self.proc.wait()
 
     def env(self) -> dict[str, str]:
+        from worker.catalogue.table import PROVIDERS
         from worker.devtools.simulator import DEFAULT_SECRET_ID, DEFAULT_SECRET_KEY
-        from worker.providers.table import PROVIDERS
 
         env = {f"JOBTRACKER_{kind.upper()}_ENDPOINT": self.url for kind in PROVIDERS}
         env.update(
@@ -238,7 +238,7 @@ class SimulatorProcess:
 
 
 def qps_env(qps: float) -> dict[str, str]:
-    from worker.providers.table import PROVIDERS
+    from worker.catalogue.table import PROVIDERS
 
     return {f"JOBTRACKER_{kind.upper()}_QPS": f"{qps:g}" for kind in PROVIDERS}
 

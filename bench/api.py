@@ -33,7 +33,7 @@ import _common as c
 import httpx
 import requests
 
-from models import JobStatus, TrackedJob, utcnow
+from jobtracker.models import JobStatus, TrackedJob, utcnow
 from tests.api_server import MASTER_KEY, ApiServer, free_port
 from worker import track
 from worker.clients.registry import add_client

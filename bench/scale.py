@@ -145,11 +145,11 @@ def timed(fn: Any, iterations: int, setup: Any = None) -> float:
 def read_costs(url: str, iterations: int) -> dict[str, float]:
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from models import utcnow
+    from jobtracker.models import utcnow
     from worker.db import session_scope
     from worker.flow.tick import claim_due
-    from worker.ops.inspection import durations, stats
-    from worker.ops.metrics import DatabaseCollector
+    from worker.inspection.gauges import DatabaseCollector
+    from worker.inspection.queries import durations, stats
 
     settings = settings_for(url)
     registry = CollectorRegistry()

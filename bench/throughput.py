@@ -35,8 +35,8 @@ def sdk_query(sim: c.SimulatorProcess) -> Callable[[str], Any]:
     from tencentcloud.common.profile.client_profile import ClientProfile
     from tencentcloud.common.profile.http_profile import HttpProfile
 
+    from worker.catalogue.table import PROVIDERS
     from worker.providers.normalize import normalize
-    from worker.providers.table import PROVIDERS
 
     env = sim.env()
     spec = PROVIDERS[c.KIND]

@@ -62,7 +62,7 @@ def make_due(conn: Any) -> None:
 
 def time_claims(url: str, iterations: int) -> dict[str, float]:
     """Median seconds of one ``claim_due`` and one ``claim_all``."""
-    from models import utcnow
+    from jobtracker.models import utcnow
     from worker.db import session_scope
     from worker.flow.tick import claim_all, claim_due
     from worker.settings import Settings
@@ -92,7 +92,7 @@ def explain(url: str) -> str:
     """EXPLAIN (ANALYZE, BUFFERS) of the exact statement ``claim_due`` sends, rolled back."""
     from sqlalchemy import event
 
-    from models import utcnow
+    from jobtracker.models import utcnow
     from worker.db import get_engine, session_scope
     from worker.flow.tick import claim_due
     from worker.settings import Settings

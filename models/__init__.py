@@ -1,8 +1,8 @@
 """SQLAlchemy models: the tables users read with plain SQL (DESIGN.md "Tables")."""
 
-from models.base import Base, UTCDateTime, utcnow
-from models.clients import ApiClient, ApiToken, Scope
-from models.jobs import (
+from jobtracker.models.base import Base, UTCDateTime, utcnow
+from jobtracker.models.clients import ApiClient, ApiToken, Scope
+from jobtracker.models.jobs import (
     ACTIVE_STATUSES,
     ALLOWED_TRANSITIONS,
     TERMINAL_STATUSES,
@@ -11,9 +11,9 @@ from models.jobs import (
     TrackedJob,
     can_transition,
 )
-from models.lifecycle import PrunedJob, RowTally
-from models.providers import ProviderState, RateLimit
-from models.webhooks import DeliveryStatus, WebhookAttempt, WebhookDelivery
+from jobtracker.models.lifecycle import PrunedJob, RowTally
+from jobtracker.models.providers import ProviderState, RateLimit
+from jobtracker.models.webhooks import DeliveryStatus, WebhookAttempt, WebhookDelivery
 
 metadata = Base.metadata
 

@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from models.base import Base, JSONType, UTCDateTime
+from jobtracker.models.base import Base, JSONType, UTCDateTime
 
 
 class JobStatus(enum.StrEnum):

@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import BigInteger, Float, Index, Integer, String, func
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import Base, UTCDateTime
-from models.jobs import TrackedJob
+from jobtracker.models.base import Base, UTCDateTime
+from jobtracker.models.jobs import TrackedJob
 
 #: SQLite only makes an INTEGER PRIMARY KEY its rowid (autoincrementing); PostgreSQL gets 64 bits.
 _BigId = BigInteger().with_variant(Integer(), "sqlite")

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import Boolean, Float, Integer, String, Text, false, func
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import Base, UTCDateTime
+from jobtracker.models.base import Base, UTCDateTime
 
 
 class ProviderState(Base):

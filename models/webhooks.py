@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, Text, func, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from models.base import Base, JSONType, UTCDateTime
+from jobtracker.models.base import Base, JSONType, UTCDateTime
 
 
 class DeliveryStatus(enum.StrEnum):
@@ -66,6 +67,33 @@ class WebhookDelivery(Base):
         back_populates="delivery", order_by="WebhookAttempt.id", passive_deletes=True
     )
 
+    def to_dict(
+        self, *, attempts: Sequence[WebhookAttempt] | None = None, payload: bool = False
+    ) -> dict[str, Any]:
+        """The message as operators see it (CLI, API, archive); ``id`` is its ``webhook-id``.
+        ``attempts``: its attempt log, as read by the caller; ``payload``: with its body."""
+        entry: dict[str, Any] = {
+            "id": self.id,
+            "tracked_job_id": self.tracked_job_id,
+            "event_type": self.event_type,
+            "url": self.url,
+            "status": self.status,
+            "attempts": self.attempts,
+            "last_status_code": self.last_status_code,
+            "last_error": self.last_error,
+            "next_attempt_at": (
+                _ts(self.next_attempt_at) if self.status == DeliveryStatus.PENDING.value else None
+            ),
+            "created_at": _ts(self.created_at),
+            "updated_at": _ts(self.updated_at),
+            "delivered_at": _ts(self.delivered_at),
+        }
+        if attempts is not None:
+            entry["attempt_log"] = [a.to_dict() for a in attempts]
+        if payload:
+            entry["payload"] = self.payload
+        return entry
+
 
 class WebhookAttempt(Base):
     """One HTTP attempt to deliver a callback message."""
@@ -92,3 +120,18 @@ class WebhookAttempt(Base):
     response_body: Mapped[str | None] = mapped_column(Text)
 
     delivery: Mapped[WebhookDelivery] = relationship(back_populates="attempt_log")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "attempted_at": _ts(self.attempted_at),
+            "status_code": self.status_code,
+            "error_class": self.error_class,
+            "error_message": self.error_message,
+            "latency_ms": self.latency_ms,
+            "response_body": self.response_body,
+        }
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None

@@ -7,7 +7,7 @@ from collections.abc import Collection
 
 from sqlalchemy import select
 
-from models import TrackedJob
+from jobtracker.models import TrackedJob
 from worker.db import session_scope
 from worker.flow.poll import ClaimItem, poll_batch
 from worker.flow.tick import claim_all, expire_unreachable

@@ -1,5 +1,5 @@
 """``python -m worker``: the ``jobtracker`` command line."""
 
-from worker.ops.cli import main
+from worker.cli import main
 
 main()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 
-from models.jobs import JobStatus
+from jobtracker.models.jobs import JobStatus
 
 
 class ErrorClass(enum.StrEnum):

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from worker.catalogue.table import PROVIDERS
 from worker.errors import ConfigError
-from worker.providers.table import PROVIDERS
 
 #: Tencent region names: ``ap-guangzhou``, ``na-siliconvalley``, ``ap-shanghai-fsi``...
 REGION_RE = re.compile(r"^[a-z]{2,}(-[a-z0-9]+){1,3}$")

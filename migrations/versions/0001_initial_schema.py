@@ -8,6 +8,7 @@ Create Date: 2026-11-21
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -23,7 +24,7 @@ STATUSES = "'canceled', 'expired', 'failed', 'pending', 'queued', 'running', 'su
 PENDING_DELIVERY = sa.text("status = 'pending'")
 
 
-def _json() -> sa.types.TypeEngine[object]:
+def _json() -> sa.types.TypeEngine[Any]:
     return sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 

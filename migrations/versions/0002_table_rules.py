@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from migrations.rules import Rule, add, drop
+from jobtracker.migrations.rules import Rule, add, drop
 
 revision: str = "0002"
 down_revision: str | None = "0001"

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from migrations.rules import Rule, add, drop
+from jobtracker.migrations.rules import Rule, add, drop
 
 revision: str = "0005"
 down_revision: str | None = "0004"

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.acceptance.proc import query
-from worker.devtools.demo import LIFECYCLES
-from worker.providers.table import PROVIDERS
+from worker.catalogue.table import PROVIDERS
+from worker.cli.demo import LIFECYCLES
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from models import utcnow
+from jobtracker.models import utcnow
 from tests import services
 from tests.api_server import MASTER_KEY, ApiServer
 from worker.clients.registry import add_client

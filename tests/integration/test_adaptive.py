@@ -17,13 +17,13 @@ from click.testing import CliRunner
 from prometheus_client import REGISTRY
 from sqlalchemy import select, update
 
-from models import TrackedJob, utcnow
+from jobtracker.models import TrackedJob, utcnow
 from tests.drive import drive, step
 from worker.adaptive.model import SCHEDULES
+from worker.cli import main
 from worker.db import session_scope
 from worker.devtools.simulator import Simulator
 from worker.flow.enqueue import track
-from worker.ops.cli import main
 from worker.settings import Settings
 
 KIND = "video_face_fusion"

@@ -10,13 +10,13 @@ from pathlib import Path
 from click.testing import CliRunner, Result
 from sqlalchemy import select
 
-from models import ApiToken, JobStatus, TrackedJob, WebhookDelivery, utcnow
+from jobtracker.models import ApiToken, JobStatus, TrackedJob, WebhookDelivery, utcnow
 from tests.api_server import MASTER_KEY
 from tests.integration.conftest import Api, unique
+from worker.cli import main
 from worker.clients.registry import revoke_client, rotate_token
 from worker.db import session_scope
 from worker.flow.transition import Move, transition_many
-from worker.ops.cli import main
 from worker.settings import reset_settings
 
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from models import WebhookAttempt, WebhookDelivery, utcnow
+from jobtracker.models import WebhookAttempt, WebhookDelivery, utcnow
 from tests.api_server import MASTER_KEY
 from tests.drive import drive
 from tests.integration.conftest import Api, NewClient, unique

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from models import TrackedJob, utcnow
+from jobtracker.models import TrackedJob, utcnow
 from tests.integration.conftest import Api, unique
 from tests.integration.test_enqueue import BAD_INPUTS
 from worker.db import session_scope

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from models import JobStatus, TrackedJob, WebhookAttempt, WebhookDelivery, utcnow
+from jobtracker.models import JobStatus, TrackedJob, WebhookAttempt, WebhookDelivery, utcnow
 from tests.api_server import free_port
 from tests.drive import drive
 from tests.integration.conftest import Api, unique

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import event
 
-from models import JobStatus, TrackedJob, utcnow
+from jobtracker.models import JobStatus, TrackedJob, utcnow
 from tests.api_server import ApiServer
 from tests.drive import drive
 from tests.integration.conftest import BASE_ENV, Api, unique

@@ -14,14 +14,14 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import select, update
 
-from models import DeliveryStatus, TrackedJob, WebhookDelivery, utcnow
+from jobtracker.models import DeliveryStatus, TrackedJob, WebhookDelivery, utcnow
 from tests.drive import drive
+from worker.cli import main
 from worker.db import session_scope
 from worker.devtools.receiver import Receiver
 from worker.devtools.simulator import Simulator
 from worker.flow import deliver
 from worker.flow.enqueue import track
-from worker.ops.cli import main
 from worker.providers import state as provider_state
 from worker.settings import Settings
 

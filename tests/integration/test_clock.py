@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from models import TrackedJob
+from jobtracker.models import TrackedJob
 from tests.drive import step
 from worker import clock
 from worker.db import session_scope

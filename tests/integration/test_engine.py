@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from models import JobTransition, ProviderState, TrackedJob, utcnow
+from jobtracker.models import JobTransition, ProviderState, TrackedJob, utcnow
 from tests.drive import drive, step
 from worker.db import session_scope
 from worker.devtools.simulator import Simulator
@@ -320,7 +320,7 @@ def test_a_claim_takes_at_most_its_limit_on_a_fresh_table(db_url: str, tmp_path:
 def test_the_claim_query_reads_the_due_index(db_url: str, tmp_path: Path) -> None:
     from sqlalchemy import select, text
 
-    from models.jobs import ACTIVE_PREDICATE
+    from jobtracker.models.jobs import ACTIVE_PREDICATE
     from worker.db import get_engine
 
     settings = Settings.from_env({"JOBTRACKER_DATABASE_URL": db_url}, cwd=tmp_path)

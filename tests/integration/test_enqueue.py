@@ -15,12 +15,12 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine, func, select, text
 
-from models import TrackedJob, utcnow
+from jobtracker.models import TrackedJob, utcnow
+from worker.cli import main
 from worker.db import normalize_url, session_scope
 from worker.errors import EnqueueError
 from worker.flow.enqueue import track, validate
 from worker.flow.tick import claim_due
-from worker.ops.cli import main
 from worker.settings import Settings
 
 

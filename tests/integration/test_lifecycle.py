@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select, text, update
 
-from models import (
+from jobtracker.models import (
     JobTransition,
     PrunedJob,
     RowTally,
@@ -25,12 +25,12 @@ from models import (
     WebhookDelivery,
     utcnow,
 )
+from worker.cli import main
 from worker.db import session_scope
 from worker.flow.enqueue import track
+from worker.inspection.queries import stats
 from worker.lifecycle import tally
 from worker.lifecycle.prune import prune
-from worker.ops.cli import main
-from worker.ops.inspection import stats
 from worker.runtime import tasks
 from worker.settings import Settings
 

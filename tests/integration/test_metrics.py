@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from models import utcnow
+from jobtracker.models import utcnow
 from tests.acceptance.proc import Tracker, query, wait_until
 from tests.drive import drive
 from worker.db import session_scope
@@ -24,7 +24,7 @@ from worker.devtools.receiver import Receiver
 from worker.devtools.simulator import Simulator
 from worker.flow import deliver
 from worker.flow.enqueue import track
-from worker.ops.metrics import DatabaseCollector
+from worker.inspection.gauges import DatabaseCollector
 from worker.providers import state as provider_state
 from worker.settings import Settings
 

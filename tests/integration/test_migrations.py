@@ -10,7 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
-import models
+from jobtracker import models
 from tests import services
 from worker.db import dispose_engines, normalize_url
 from worker.runtime.migrate import current_revision, downgrade, head_revision, upgrade

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, func, select, update
 
-from models import TrackedJob, WebhookAttempt, WebhookDelivery, utcnow
+from jobtracker.models import TrackedJob, WebhookAttempt, WebhookDelivery, utcnow
 from tests.drive import drive
 from worker.db import get_engine, session_scope
 from worker.devtools.receiver import Receiver, Reply

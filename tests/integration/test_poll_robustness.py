@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from models import JobStatus, ProviderState, TrackedJob, utcnow
+from jobtracker.models import JobStatus, ProviderState, TrackedJob, utcnow
 from tests.drive import step
+from worker.catalogue.table import PROVIDERS
 from worker.db import session_scope
 from worker.devtools.receiver import Receiver
 from worker.devtools.simulator import Simulator
 from worker.flow import poll
 from worker.flow.enqueue import track
 from worker.providers.normalize import Answer, normalize
-from worker.providers.table import PROVIDERS
 from worker.settings import Settings
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

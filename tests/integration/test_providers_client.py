@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from models.jobs import JobStatus
+from jobtracker.models.jobs import JobStatus
+from worker.catalogue.table import PROVIDERS, VCLM_STATUS_VALUES, ProviderSpec, ResultSpec
 from worker.devtools.simulator import Simulator
 from worker.errors import (
     ErrorClass,
@@ -29,7 +30,6 @@ from worker.errors import (
 )
 from worker.providers.client import clear_clients, get_client
 from worker.providers.normalize import Answer
-from worker.providers.table import PROVIDERS, VCLM_STATUS_VALUES, ProviderSpec, ResultSpec
 from worker.settings import Settings
 
 SECRET_ID = "AKIDintegration000000000000000001"

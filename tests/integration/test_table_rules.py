@@ -13,13 +13,13 @@ import pytest
 from sqlalchemy import Engine, select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from models import ProviderState, TrackedJob, utcnow
+from jobtracker.models import ProviderState, TrackedJob, utcnow
 from tests.drive import step
+from worker.catalogue.table import PROVIDERS
 from worker.db import dispose_engines, make_engine, session_scope
 from worker.flow import tick
 from worker.flow.enqueue import track
-from worker.ops.inspection import stats
-from worker.providers.table import PROVIDERS
+from worker.inspection.queries import stats
 from worker.runtime.migrate import downgrade, upgrade
 from worker.settings import REGION_RE, Settings
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from models import JobStatus, JobTransition, TrackedJob, WebhookDelivery, utcnow
+from jobtracker.models import JobStatus, JobTransition, TrackedJob, WebhookDelivery, utcnow
 from worker.db import session_scope
 from worker.errors import InvalidTransition
 from worker.flow.enqueue import track

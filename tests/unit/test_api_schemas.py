@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 from datetime import UTC, datetime
 
-from models import JobTransition, TrackedJob, WebhookAttempt, WebhookDelivery
+from jobtracker.models import JobTransition, TrackedJob, WebhookAttempt, WebhookDelivery
 from worker.api.schemas import (
     ENQUEUE_FIELDS,
     Attempt,
@@ -16,7 +16,6 @@ from worker.api.schemas import (
     enqueue_body_schema,
 )
 from worker.flow.enqueue import validate
-from worker.ops.inspection import attempt_dict, delivery_dict
 
 NOW = datetime(2026, 11, 24, tzinfo=UTC)
 
@@ -46,7 +45,7 @@ def test_transition_delivery_and_attempt_models_match_their_dicts() -> None:
     transition = JobTransition(id=1, from_status="pending", to_status="running", at=NOW)
     assert set(Transition.model_fields) == set(transition.to_dict())
     attempt = WebhookAttempt(id=1, delivery_id="msg_1", attempted_at=NOW)
-    assert set(Attempt.model_fields) == set(attempt_dict(attempt))
+    assert set(Attempt.model_fields) == set(attempt.to_dict())
     delivery = WebhookDelivery(id="msg_1", tracked_job_id=1, event_type="job.failed", url="u")
-    full = delivery_dict(delivery, attempts=[attempt], payload=True)
+    full = delivery.to_dict(attempts=[attempt], payload=True)
     assert set(Delivery.model_fields) == set(full)

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from standardwebhooks.webhooks import Webhook
 
-from models import ApiClient, Scope
+from jobtracker.models import ApiClient, Scope
 from worker.clients.credentials import (
     TOKEN_PREFIX,
     derive_webhook_secret,

@@ -12,7 +12,7 @@ import click
 import pytest
 import yaml
 
-from worker.ops.cli import main
+from worker.cli import main
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

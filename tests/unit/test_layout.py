@@ -14,14 +14,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("worker", "models")
+#: Import name -> folder: the code, the installed package root, and the tables (which install as
+#: ``jobtracker.models``; the repository keeps them in ``models/``).
+PACKAGES = {"worker": "worker", "jobtracker": "jobtracker", "jobtracker.models": "models"}
 DEVTOOLS = "worker.devtools"
-#: The product modules allowed to import worker.devtools: the ``jobtracker demo`` command.
-DEVTOOLS_ENTRY_POINTS = frozenset({"worker.ops.cli.run"})
+#: The product modules allowed to import worker.devtools: the ``jobtracker demo`` narrative.
+DEVTOOLS_ENTRY_POINTS = frozenset({"worker.cli.demo"})
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+def _module_name(package: str, folder: str, path: Path) -> str:
+    parts = [package, *path.relative_to(ROOT / folder).with_suffix("").parts]
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
@@ -29,9 +31,9 @@ def _module_name(path: Path) -> str:
 
 def _modules() -> dict[str, Path]:
     return {
-        _module_name(path): path
-        for package in PACKAGES
-        for path in sorted((ROOT / package).rglob("*.py"))
+        _module_name(package, folder, path): path
+        for package, folder in PACKAGES.items()
+        for path in sorted((ROOT / folder).glob("*.py" if package == "jobtracker" else "**/*.py"))
         if "__pycache__" not in path.parts
     }
 
@@ -93,6 +95,53 @@ def test_there_is_no_import_cycle() -> None:
         pytest.fail(f"import cycle: {' -> '.join(exc.args[1])}")
 
 
+def _unit(module: str) -> str:
+    """The layer unit a module belongs to: a package of ``worker`` (``flow``), a top module of
+    it (``settings``), the tables (``models``) or the package root (``jobtracker``)."""
+    if module.startswith("jobtracker.models"):
+        return "models"
+    parts = module.split(".")
+    return parts[1] if parts[0] == "worker" and len(parts) > 1 else parts[0]
+
+
+def _unit_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for name, path in MODULES.items():
+        top, nested = _imports(name, path)
+        for target in top | {t for _, t, _ in nested if t in MODULES}:
+            if _unit(name) != _unit(target):
+                graph.setdefault(_unit(name), set()).add(_unit(target))
+    return graph
+
+
+def test_layers_point_one_way() -> None:
+    """Counted over worker's packages and top modules: no loop at all (the CLI and the API on
+    top, the flow below them, observability and the settings below everything)."""
+    try:
+        tuple(TopologicalSorter(_unit_graph()).static_order())
+    except CycleError as exc:
+        pytest.fail(f"layers loop: {' -> '.join(exc.args[1])}")
+
+
+#: What the product's core never imports: the ways it is run and shown.
+CORE = ("flow", "providers", "webhooks", "adaptive", "lifecycle", "catalogue", "inspection")
+ABOVE_CORE = ("cli", "api", "runtime", "devtools")
+#: Leaves any layer may use: they import nothing but the settings, the errors and the tables.
+LEAVES = {"observe": {"settings", "errors", "models"}, "catalogue": {"errors", "models"}}
+
+
+def test_the_core_never_imports_the_layers_above_it() -> None:
+    graph = _unit_graph()
+    wrong = {
+        unit: sorted(graph.get(unit, set()) & set(ABOVE_CORE))
+        for unit in CORE
+        if graph.get(unit, set()) & set(ABOVE_CORE)
+    }
+    assert not wrong, wrong
+    for leaf, allowed in LEAVES.items():
+        assert graph.get(leaf, set()) <= allowed, (leaf, graph.get(leaf, set()) - allowed)
+
+
 def test_imports_inside_functions_say_why() -> None:
     silent = [
         f"{path.relative_to(ROOT)}:{line}: import {target}"
@@ -111,10 +160,10 @@ def test_product_code_does_not_import_the_devtools() -> None:
         if any(m == DEVTOOLS or m.startswith(DEVTOOLS + ".") for m in loaded):
             offenders.append(name)
     assert set(offenders) <= DEVTOOLS_ENTRY_POINTS, offenders
-    # ... and the entry point loads them only when the command runs.
-    for name in DEVTOOLS_ENTRY_POINTS:
-        top, _ = _imports(name, PRODUCT[name])
-        assert not any(m.startswith(DEVTOOLS) for m in top), name
+    # ... and the demo itself is loaded only when its command runs, never at a module's top.
+    for name, path in PRODUCT.items():
+        top, _ = _imports(name, path)
+        assert not top & DEVTOOLS_ENTRY_POINTS, name
 
 
 def _import_alone(module: str) -> tuple[str, int, str]:

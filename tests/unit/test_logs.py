@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.ops.logs import configure_logging
+from worker.observe.logs import configure_logging
 from worker.settings import Settings
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

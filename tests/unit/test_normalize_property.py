@@ -12,10 +12,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.jobs import JobStatus
+from jobtracker.models.jobs import JobStatus
+from worker.catalogue.table import PROVIDERS, ProviderSpec
 from worker.errors import ProviderError
 from worker.providers.normalize import Answer, lookup, normalize
-from worker.providers.table import PROVIDERS, ProviderSpec
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 SPECS = list(PROVIDERS.values())

@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from models.jobs import JobStatus
+from jobtracker.models.jobs import JobStatus
+from worker.catalogue.table import PROVIDERS
 from worker.errors import (
     ErrorClass,
     JobCanceled,
@@ -19,7 +20,6 @@ from worker.errors import (
     TransientProviderError,
 )
 from worker.providers.normalize import effective_error_class, normalize
-from worker.providers.table import PROVIDERS
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from models.jobs import JobStatus
+from jobtracker.models.jobs import JobStatus
+from worker.catalogue.table import PROVIDERS, VCLM_STATUS_VALUES, ProviderSpec, ResultSpec, kinds
 from worker.errors import UnexpectedAnswer
 from worker.providers.normalize import Answer, normalize
-from worker.providers.table import PROVIDERS, VCLM_STATUS_VALUES, ProviderSpec, ResultSpec, kinds
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 FUSION = PROVIDERS["video_face_fusion"]

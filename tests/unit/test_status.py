@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from models import (
+from jobtracker.models import (
     ACTIVE_STATUSES,
     ALLOWED_TRANSITIONS,
     TERMINAL_STATUSES,

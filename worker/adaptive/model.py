@@ -25,8 +25,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
-from models import JobStatus, TrackedJob
-from models.jobs import FINISHED_PREDICATE
+from jobtracker.models import JobStatus, TrackedJob
+from jobtracker.models.jobs import FINISHED_PREDICATE
 from worker.adaptive.distribution import Distribution, Observation, estimate, lognormal
 from worker.adaptive.planner import Plan, plan
 from worker.db import session_scope

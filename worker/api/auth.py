@@ -17,7 +17,7 @@ from anyio import to_thread
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from models import Scope
+from jobtracker.models import Scope
 from worker.api import queries
 from worker.api.errors import ApiError
 from worker.api.ratelimit import ClientRateLimit

@@ -8,7 +8,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from models import Scope
+from jobtracker.models import Scope
 from worker.api import queries
 from worker.api.auth import context, require
 from worker.api.schemas import Delivery, errors

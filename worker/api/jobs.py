@@ -9,7 +9,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
-from models import JobStatus, Scope, utcnow
+from jobtracker.models import JobStatus, Scope, utcnow
 from worker.api import queries
 from worker.api.auth import context, require
 from worker.api.body import read_json_object
@@ -25,11 +25,11 @@ from worker.api.schemas import (
     enqueue_body_schema,
     errors,
 )
+from worker.catalogue.table import PROVIDERS
 from worker.clients.registry import Caller
 from worker.errors import EnqueueError
 from worker.flow.enqueue import EnqueueRequest, validate
-from worker.ops.inspection import STATUS_GROUPS, parse_time
-from worker.providers.table import PROVIDERS
+from worker.inspection.queries import STATUS_GROUPS, parse_time
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])

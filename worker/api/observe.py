@@ -14,7 +14,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from worker.ops.metrics import record_api_request
+from worker.observe.metrics import record_api_request
 
 log = logging.getLogger("worker.api.access")
 _QUIET = frozenset({"/healthz", "/readyz"})

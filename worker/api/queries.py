@@ -18,14 +18,14 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from models import TERMINAL_STATUSES, TrackedJob, WebhookDelivery
+from jobtracker.models import TERMINAL_STATUSES, TrackedJob, WebhookDelivery
 from worker import clock
 from worker.api.errors import ApiError
 from worker.clients.registry import Caller, authenticate
 from worker.db import get_engine, session_scope
 from worker.flow.deliver import redeliver
 from worker.flow.enqueue import EnqueueRequest, insert_job
-from worker.ops.inspection import delivery_dict, expand_statuses, job_detail
+from worker.inspection.queries import expand_statuses, job_detail
 from worker.runtime.migrate import current_revision
 from worker.settings import Settings
 
@@ -154,7 +154,7 @@ def redeliver_for(settings: Settings, caller: Caller, delivery_id: str) -> dict[
     with session_scope(settings) as session:
         _owned_delivery(session, caller, delivery_id)
     delivery = redeliver(settings, delivery_id)
-    return delivery_dict(delivery)
+    return delivery.to_dict()
 
 
 def _owned_delivery(session: Session, caller: Caller, delivery_id: str) -> None:

@@ -8,7 +8,7 @@ a body may have (anything else is an unknown field) and documents them. A field 
 ``validate()`` is one more entry here; ``tests/unit/test_api_schemas.py`` fails until it is.
 
 The response models below document the answers (``/openapi.json``, ``/docs``). The routes send
-the dicts of :meth:`models.TrackedJob.to_dict` and :mod:`worker.ops.inspection` as they are, so
+the dicts of :meth:`models.TrackedJob.to_dict` and :mod:`worker.inspection.queries` as they are, so
 the unit test also checks that the models name the same keys.
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from worker.catalogue.table import PROVIDERS
 from worker.flow.enqueue import MAX_EXPECTED_DURATION_S, MAX_JOB_ID_CHARS, MAX_METADATA_BYTES
-from worker.providers.table import PROVIDERS
 
 #: ``?wait=`` holds a request at most this long.
 MAX_WAIT_S = 60.0

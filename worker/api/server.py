@@ -18,7 +18,8 @@ import uvicorn
 
 from worker.api.app import create_app
 from worker.api.auth import ApiContext
-from worker.ops.metrics import start_metrics_server
+from worker.inspection.gauges import DatabaseCollector
+from worker.observe.metrics import start_metrics_server
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def serve(settings: Settings) -> None:
     """Run the API until SIGTERM / Ctrl-C."""
     app = create_app(settings)
     _raise_open_files_limit()
-    start_metrics_server(settings)
+    start_metrics_server(settings, DatabaseCollector(settings))
     config = uvicorn.Config(
         app,
         host=settings.api_host,

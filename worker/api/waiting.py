@@ -32,11 +32,11 @@ import psycopg
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from models import TERMINAL_STATUSES, TrackedJob
+from jobtracker.models import TERMINAL_STATUSES, TrackedJob
 from worker.api.errors import ApiError
 from worker.db import get_engine, libpq_url
 from worker.flow.transition import TERMINAL_CHANNEL
-from worker.ops.metrics import API_WAITING
+from worker.observe.metrics import API_WAITING
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models import ApiClient, ApiToken, Scope, TrackedJob
+from jobtracker.models import ApiClient, ApiToken, Scope, TrackedJob
 from worker.clients.credentials import (
     TOKEN_PREFIX,
     derive_webhook_secret,

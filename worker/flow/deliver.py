@@ -22,14 +22,14 @@ import requests
 from sqlalchemy import ColumnElement, event, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from models import DeliveryStatus, WebhookAttempt, WebhookDelivery
+from jobtracker.models import DeliveryStatus, WebhookAttempt, WebhookDelivery
 from worker import clock
 from worker.clients.registry import callback_secrets
 from worker.db import session_scope
 from worker.errors import NoClientSecretKey, NotFoundError
 from worker.flow.leases import claim
-from worker.ops import metrics
-from worker.ops.logs import log_context
+from worker.observe import metrics
+from worker.observe.logs import log_context
 from worker.policy import DeliveryPolicy
 from worker.settings import Settings
 from worker.webhooks.classify import AttemptError

@@ -21,11 +21,11 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from models import PrunedJob, TrackedJob
+from jobtracker.models import PrunedJob, TrackedJob
 from worker import clock
+from worker.catalogue.table import PROVIDERS
 from worker.db import session_scope
 from worker.errors import EnqueueError
-from worker.providers.table import PROVIDERS
 from worker.settings import REGION_RE, Settings, get_settings
 from worker.webhooks.urls import validate_callback_url
 

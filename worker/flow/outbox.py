@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from models import DeliveryStatus, TrackedJob
+from jobtracker.models import DeliveryStatus, TrackedJob
 from worker.webhooks.signing import build_payload, new_message_id
 
 #: The tracked job's fields a callback carries (DESIGN.md "Callbacks").

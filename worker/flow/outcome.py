@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
-from models import ALLOWED_TRANSITIONS, JobStatus, TrackedJob
+from jobtracker.models import ALLOWED_TRANSITIONS, JobStatus, TrackedJob
 from worker.adaptive.model import next_poll_at
 from worker.errors import ErrorClass, JobTerminalError, ProviderError, UnexpectedAnswer
 from worker.flow.transition import JOBS, Move, expiry, transition_many

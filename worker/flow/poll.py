@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from models import ACTIVE_STATUSES, TrackedJob
+from jobtracker.models import ACTIVE_STATUSES, TrackedJob
 from worker import clock, http
 from worker.adaptive.model import first_poll_at
 from worker.db import session_scope
@@ -38,8 +38,8 @@ from worker.flow.outcome import (
     unstorable,
     write_outcomes,
 )
-from worker.ops import metrics
-from worker.ops.logs import log_context
+from worker.observe import metrics
+from worker.observe.logs import log_context
 from worker.policy import PollPolicy
 from worker.providers import state as provider_state
 from worker.providers.client import ProviderClient, get_client

@@ -21,17 +21,17 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
-from models import JobStatus, TrackedJob
-from models.jobs import ACTIVE_PREDICATE, NO_DEADLINE_PREDICATE, unknown_kind
+from jobtracker.models import JobStatus, TrackedJob
+from jobtracker.models.jobs import ACTIVE_PREDICATE, NO_DEADLINE_PREDICATE, unknown_kind
 from worker import clock
+from worker.catalogue.table import PROVIDERS
 from worker.db import session_scope
 from worker.flow.leases import claim
 from worker.flow.transition import JOBS, Move, expiry, transition_many
-from worker.ops import metrics
-from worker.ops.inspection import unpollable
+from worker.inspection.queries import unpollable
+from worker.observe import metrics
 from worker.providers.ratelimit import get_rate_limiter
 from worker.providers.state import load_states, take_probe
-from worker.providers.table import PROVIDERS
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -27,11 +27,11 @@ from sqlalchemy import Connection, Table, bindparam, func, insert, select, updat
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session
 
-from models import JobStatus, JobTransition, TrackedJob, WebhookDelivery, can_transition
+from jobtracker.models import JobStatus, JobTransition, TrackedJob, WebhookDelivery, can_transition
 from worker.errors import InvalidTransition
 from worker.flow.deliver import send_after_commit
 from worker.flow.outbox import delivery_row
-from worker.ops import metrics
+from worker.observe import metrics
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from sqlalchemy import and_, delete, exists, func, or_, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from models import (
+from jobtracker.models import (
     TERMINAL_STATUSES,
     DeliveryStatus,
     JobTransition,
@@ -41,7 +41,6 @@ from models import (
 from worker import clock
 from worker.db import lock_for_write, session_scope
 from worker.lifecycle import tally
-from worker.ops.inspection import delivery_dict
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -468,7 +467,7 @@ class _Archive:
                 select(WebhookDelivery).where(WebhookDelivery.id.in_(delivery_ids))
             ).scalars():
                 deliveries.setdefault(d.tracked_job_id, []).append(
-                    delivery_dict(d, attempts=attempts.get(d.id, []), payload=True)
+                    d.to_dict(attempts=attempts.get(d.id, []), payload=True)
                 )
         lines = [
             json.dumps(

@@ -18,8 +18,8 @@ from datetime import datetime
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from models import ACTIVE_STATUSES, TERMINAL_STATUSES, RowTally, TrackedJob
-from models.jobs import ACTIVE_PREDICATE
+from jobtracker.models import ACTIVE_STATUSES, TERMINAL_STATUSES, RowTally, TrackedJob
+from jobtracker.models.jobs import ACTIVE_PREDICATE
 
 JOB = "job"
 DELIVERY = "delivery"

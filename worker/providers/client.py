@@ -35,6 +35,7 @@ from tencentcloud.common.http.request import RequestInternal
 from tencentcloud.common.profile.client_profile import ClientProfile
 from tencentcloud.common.profile.http_profile import HttpProfile
 
+from worker.catalogue.table import PROVIDERS, ProviderSpec
 from worker.errors import (
     ProviderConfigError,
     ProviderError,
@@ -44,7 +45,6 @@ from worker.errors import (
 from worker.http import AnswerTooLarge, DeadlineAdapter, deadline, read_capped
 from worker.jsonsafe import finite_float, no_constant
 from worker.providers.normalize import Answer, normalize
-from worker.providers.table import PROVIDERS, ProviderSpec
 from worker.settings import Settings
 
 logger = logging.getLogger(__name__)

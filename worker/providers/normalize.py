@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from models.jobs import JobStatus
+from jobtracker.models.jobs import JobStatus
+from worker.catalogue.table import ProviderSpec, error_class_for
 from worker.errors import (
     ErrorClass,
     JobNotFound,
@@ -29,7 +30,6 @@ from worker.errors import (
     UnexpectedAnswer,
 )
 from worker.jsonsafe import clean
-from worker.providers.table import ProviderSpec, error_class_for
 
 _short = reprlib.Repr()
 _short.maxstring = 60

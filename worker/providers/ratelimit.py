@@ -29,7 +29,7 @@ import redis
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from models import RateLimit
+from jobtracker.models import RateLimit
 from worker import clock
 from worker.db import session_scope
 from worker.policy import RatePolicy

@@ -12,7 +12,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from models import ProviderState
+from jobtracker.models import ProviderState
 from worker.policy import ProviderBackoff
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,9 @@ from celery import Celery
 from celery.signals import beat_init, worker_init, worker_shutting_down
 
 from worker.flow import poll
-from worker.ops.logs import configure_logging
-from worker.ops.metrics import start_metrics_server
+from worker.inspection.gauges import DatabaseCollector
+from worker.observe.logs import configure_logging
+from worker.observe.metrics import start_metrics_server
 from worker.runtime.migrate import ensure_schema
 from worker.settings import Settings, get_settings
 
@@ -102,7 +103,7 @@ def _check_worker_start(**_: Any) -> None:
     ensure_schema(settings)
     # `celery -A worker worker` and `jobtracker run` both pass here (once per process: the pool
     # is threads, so there are no child processes to serve metrics from).
-    start_metrics_server(settings)
+    start_metrics_server(settings, DatabaseCollector(settings))
 
 
 @beat_init.connect

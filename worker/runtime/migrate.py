@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.resources import files
 from pathlib import Path
 
 from alembic import command
@@ -16,7 +17,8 @@ from worker.db import get_engine, normalize_url
 from worker.errors import ConfigError
 from worker.settings import Settings, get_settings
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+#: The Alembic revisions, installed as package data of ``jobtracker.migrations``.
+MIGRATIONS_DIR = Path(str(files("jobtracker.migrations")))
 
 
 def alembic_config(settings: Settings | None = None, database_url: str | None = None) -> Config:

@@ -15,10 +15,11 @@ from celery.apps import worker as celery_worker_module
 from celery.beat import EmbeddedService, Scheduler
 from celery.signals import worker_shutting_down
 
+from worker.catalogue.table import PROVIDERS
 from worker.db import session_scope
-from worker.ops.metrics import start_metrics_server
+from worker.inspection.gauges import DatabaseCollector
+from worker.observe.metrics import start_metrics_server
 from worker.providers.state import load_states
-from worker.providers.table import PROVIDERS
 from worker.runtime.app import app
 from worker.settings import Settings, redact_url
 
@@ -80,7 +81,7 @@ def run(settings: Settings, *, concurrency: int | None = None, beat: bool = True
     )
     # Before the worker's start-up (connecting to the broker), so a scrape can tell "up, but
     # stuck connecting" from "down"; worker_init calls it again, which is a no-op.
-    metrics_port = start_metrics_server(settings)
+    metrics_port = start_metrics_server(settings, DatabaseCollector(settings))
     for line in describe(settings, beat=beat, concurrency=worker.concurrency, port=metrics_port):
         log.info("%s", line)
     if embedded_beat is not None:

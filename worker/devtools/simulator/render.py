@@ -10,10 +10,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from models.jobs import JobStatus
+from jobtracker.models.jobs import JobStatus
+from worker.catalogue.table import COMMON_ERROR_CODES, ProviderSpec
 from worker.devtools.simulator.lifecycle import Step
 from worker.errors import JobCanceled, JobFailed, JobNotFound, ProviderError
-from worker.providers.table import COMMON_ERROR_CODES, ProviderSpec
 
 JSON_CONTENT_TYPE = "application/json"
 HTML_502 = (

@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from worker.catalogue.table import PROVIDERS, ProviderSpec
 from worker.devtools.simulator import signing
 from worker.devtools.simulator.lifecycle import Lifecycles, Step
 from worker.devtools.simulator.render import JSON_CONTENT_TYPE, Reply, error_body, render
-from worker.providers.table import PROVIDERS, ProviderSpec
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class _TokenBucket:
 class Simulator:
     """The fake API. ``with Simulator(...) as sim:`` starts it on an ephemeral loopback port.
 
-    ``providers`` defaults to the live :data:`~worker.providers.table.PROVIDERS` (read per
+    ``providers`` defaults to the live :data:`~worker.catalogue.table.PROVIDERS` (read per
     request, so a kind registered later is served). ``qps`` limits each action (``None``: no limit).
     """
 

@@ -7,8 +7,8 @@ import sys
 
 import click
 
+from worker.cli.common import ready_settings, settings_or_exit
 from worker.errors import ConfigError
-from worker.ops.cli.common import ready_settings, settings_or_exit
 from worker.runtime import migrate
 from worker.runtime.runner import run as run_worker
 from worker.settings import Settings
@@ -53,7 +53,7 @@ def db_current() -> None:
     click.echo(f"{current or 'base'} (newest: {migrate.head_revision()})")
 
 
-@click.command(short_help="A self-contained end-to-end demo (~30 s, no credentials).")
+@click.command()
 @click.option(
     "--database-url",
     help="Keep the demo's jobs in this database (default: ./jobtracker-demo.db, replaced).",
@@ -78,9 +78,9 @@ def demo(database_url: str | None, timeout: float, live: bool | None) -> None:
     are not found, get throttled, answer slowly, are canceled or expire, for both kinds; shows
     their statuses and callbacks live, then a summary and how to inspect the results.
     """
-    # The one product import of worker.devtools (the simulator, the receiver): only this
-    # command needs that equipment, so nothing else loads it.
-    from worker.devtools.demo import run_demo
+    # The demo is the one product module that imports worker.devtools (the simulator, the
+    # receiver): only this command needs that equipment, so nothing else loads it.
+    from worker.cli.demo import run_demo
 
     if database_url is not None:
         try:

@@ -12,10 +12,10 @@ import click
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from models import utcnow
+from jobtracker.models import utcnow
 from worker.errors import ConfigError
-from worker.ops.inspection import parse_age, parse_time
-from worker.ops.logs import configure_logging
+from worker.inspection.queries import parse_age, parse_time
+from worker.observe.logs import configure_logging
 from worker.runtime.migrate import ensure_schema
 from worker.settings import Settings, get_settings
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
+from worker.cli.common import fail, print_json, ready_settings, settings_or_exit
 from worker.errors import EnqueueError
 from worker.flow.enqueue import enqueue as store
 from worker.flow.enqueue import validate
-from worker.ops.cli.common import fail, print_json, ready_settings, settings_or_exit
 
 
 @click.command()

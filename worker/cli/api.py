@@ -7,7 +7,7 @@ import dataclasses
 import click
 
 from worker.api.server import serve
-from worker.ops.cli.common import ready_settings
+from worker.cli.common import ready_settings
 
 
 @click.command()

@@ -6,12 +6,12 @@ from datetime import timedelta
 
 import click
 
+from worker.cli.common import AGE, JSON_OPTION, fail, print_json, read_settings
 from worker.lifecycle.prune import PruneReport
 from worker.lifecycle.prune import prune as run_prune
-from worker.ops.cli.common import AGE, JSON_OPTION, fail, print_json, read_settings
 
 
-@click.command(short_help="Remove finished jobs older than the retention.")
+@click.command()
 @click.option(
     "--older-than",
     type=AGE,

@@ -1,7 +1,7 @@
 """Plain-text rendering for the CLI: aligned tables, ages, and the ``show`` / ``stats`` pages.
 
-Input is the JSON-ready dicts of :mod:`worker.ops.inspection`, so the text and ``--json`` outputs
-always say the same thing.
+Input is the JSON-ready dicts of :mod:`worker.inspection.queries`, so the text and ``--json``
+outputs always say the same thing.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 from tabulate import tabulate
 
-from models import JobStatus
-from worker.ops.inspection import RECENT_JOBS
+from jobtracker.models import JobStatus
+from worker.inspection.queries import RECENT_JOBS
 
 #: Cells longer than this are cut (with an ellipsis) in tables; ``show`` prints them whole.
 MAX_CELL = 60

@@ -1,7 +1,7 @@
 """``jobtracker jobs / show / deliveries / redeliver / stats``: what operators ask the database.
 
-The queries are :mod:`worker.ops.inspection`'s, the text rendering :mod:`worker.ops.tables`'; every
-command also prints ``--json``, the same dicts.
+The queries are :mod:`worker.inspection.queries`'s, the text rendering
+:mod:`worker.cli.tables`'; every command also prints ``--json``, the same dicts.
 """
 
 from __future__ import annotations
@@ -12,13 +12,10 @@ from typing import Any
 
 import click
 
-from models import DeliveryStatus, JobStatus, TrackedJob
+from jobtracker.models import DeliveryStatus, JobStatus, TrackedJob
 from worker import clock
-from worker.db import session_scope
-from worker.errors import NotFoundError
-from worker.flow.deliver import deliver_one, redeliver_failed
-from worker.flow.deliver import redeliver as make_due
-from worker.ops.cli.common import (
+from worker.catalogue.table import PROVIDERS
+from worker.cli.common import (
     AGE,
     JSON_OPTION,
     LIMIT_OPTION,
@@ -27,9 +24,13 @@ from worker.ops.cli.common import (
     print_json,
     read_settings,
 )
-from worker.ops.inspection import (
+from worker.cli.tables import deliveries_table, format_age, job_page, jobs_table, stats_page
+from worker.db import session_scope
+from worker.errors import NotFoundError
+from worker.flow.deliver import deliver_one, redeliver_failed
+from worker.flow.deliver import redeliver as make_due
+from worker.inspection.queries import (
     attempts_of,
-    delivery_dict,
     durations,
     find_job,
     get_delivery,
@@ -37,9 +38,7 @@ from worker.ops.inspection import (
     list_deliveries,
     list_jobs,
 )
-from worker.ops.inspection import stats as collect
-from worker.ops.tables import deliveries_table, format_age, job_page, jobs_table, stats_page
-from worker.providers.table import PROVIDERS
+from worker.inspection.queries import stats as collect
 
 
 @click.command()
@@ -93,7 +92,7 @@ def jobs(
         click.echo(f"(the {limit} newest; use --limit for more)", err=True)
 
 
-@click.command(short_help="Show one job with its history, callbacks and attempts.")
+@click.command()
 @click.argument("ref", nargs=-1, required=True, metavar="ID | JOB_ID | KIND JOB_ID")
 @click.option("--region", help="The job's region, to tell apart one JobId in several regions.")
 @JSON_OPTION
@@ -123,7 +122,7 @@ def show(ref: tuple[str, ...], region: str | None, as_json: bool) -> None:
         click.echo(job_page(detail, now))
 
 
-@click.command(short_help="List callback messages and their delivery status.")
+@click.command()
 @click.option(
     "--status",
     "statuses",
@@ -143,8 +142,7 @@ def deliveries(statuses: tuple[str, ...], job: int | None, limit: int, as_json: 
         if job is not None and session.get(TrackedJob, job) is None:
             fail(f"no tracked job with id {job}", 1)
         rows = [
-            delivery_dict(d)
-            for d in list_deliveries(session, statuses=statuses, job=job, limit=limit)
+            d.to_dict() for d in list_deliveries(session, statuses=statuses, job=job, limit=limit)
         ]
     if as_json:
         print_json(rows)
@@ -157,7 +155,7 @@ def deliveries(statuses: tuple[str, ...], job: int | None, limit: int, as_json: 
         click.echo(f"(the {limit} newest; use --limit for more)", err=True)
 
 
-@click.command(short_help="Send a callback again (same message, same webhook-id).")
+@click.command()
 @click.argument("delivery_id", required=False)
 @click.option(
     "--failed-since",
@@ -196,8 +194,8 @@ def redeliver(delivery_id: str | None, failed_since: datetime | None, as_json: b
         fail(str(exc), 1)
     status = deliver_one(delivery_id, settings)
     with session_scope(settings) as session:
-        entry = delivery_dict(
-            get_delivery(session, delivery_id), attempts=attempts_of(session, delivery_id)
+        entry = get_delivery(session, delivery_id).to_dict(
+            attempts=attempts_of(session, delivery_id)
         )
     if as_json:
         print_json({"sent": status is not None, **entry})
@@ -227,7 +225,7 @@ def _redelivery_line(entry: dict[str, Any], *, sent: bool, now: datetime) -> str
     )
 
 
-@click.command(short_help="Counts by kind and status, backlog, callbacks, providers.")
+@click.command()
 @JSON_OPTION
 def stats(as_json: bool) -> None:
     """Jobs by kind and status, oldest active jobs, polls per finished job, callbacks by status,

@@ -29,14 +29,14 @@ from typing import TextIO
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
-from models import TrackedJob
+from jobtracker.models import TrackedJob
+from worker.catalogue.table import PROVIDERS
+from worker.cli.tables import table
 from worker.db import session_scope
 from worker.devtools.receiver import ReceivedMessage, Receiver
 from worker.devtools.simulator import Simulator
 from worker.errors import ConfigError
 from worker.flow.enqueue import track
-from worker.ops.tables import table
-from worker.providers.table import PROVIDERS
 from worker.runtime.migrate import ensure_schema
 from worker.settings import Settings, redact_url
 

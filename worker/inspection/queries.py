@@ -1,7 +1,7 @@
 """What operators ask the database: the queries behind ``jobtracker jobs/show/deliveries/stats``.
 
 Every function takes a session and returns rows or plain dicts (JSON-ready); rendering them as
-text is :mod:`worker.ops.tables`' job. Queries read only indexed columns where the table can be
+text is :mod:`worker.cli.tables`' job. Queries read only indexed columns where the table can be
 large (``created_at``, ``status``, ``tracked_job_id``), and each returns a bounded result.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from models import (
+from jobtracker.models import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
     DeliveryStatus,
@@ -27,12 +27,12 @@ from models import (
     WebhookAttempt,
     WebhookDelivery,
 )
-from models.jobs import ACTIVE_PREDICATE, FINISHED_PREDICATE, unknown_kind
+from jobtracker.models.jobs import ACTIVE_PREDICATE, FINISHED_PREDICATE, unknown_kind
 from worker.adaptive.model import SCHEDULES
+from worker.catalogue.table import PROVIDERS
 from worker.errors import NotFoundError
 from worker.lifecycle import tally
 from worker.policy import AdaptivePolicy
-from worker.providers.table import PROVIDERS
 from worker.settings import Settings
 
 #: ``--status`` shortcuts for groups of statuses.
@@ -166,7 +166,7 @@ def job_detail(session: Session, job: TrackedJob) -> dict[str, Any]:
         "job": job.to_dict(),
         "transitions": [t.to_dict() for t in transitions],
         "deliveries": [
-            delivery_dict(d, attempts=attempts_of(session, d.id), payload=True) for d in deliveries
+            d.to_dict(attempts=attempts_of(session, d.id), payload=True) for d in deliveries
         ],
     }
 
@@ -210,50 +210,6 @@ def attempts_of(session: Session, delivery_id: str) -> list[WebhookAttempt]:
 
 def _ts(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
-
-
-def attempt_dict(attempt: WebhookAttempt) -> dict[str, Any]:
-    return {
-        "id": attempt.id,
-        "attempted_at": _ts(attempt.attempted_at),
-        "status_code": attempt.status_code,
-        "error_class": attempt.error_class,
-        "error_message": attempt.error_message,
-        "latency_ms": attempt.latency_ms,
-        "response_body": attempt.response_body,
-    }
-
-
-def delivery_dict(
-    delivery: WebhookDelivery,
-    *,
-    attempts: Sequence[WebhookAttempt] | None = None,
-    payload: bool = False,
-) -> dict[str, Any]:
-    """A callback message as operators see it; ``id`` is its ``webhook-id``."""
-    entry: dict[str, Any] = {
-        "id": delivery.id,
-        "tracked_job_id": delivery.tracked_job_id,
-        "event_type": delivery.event_type,
-        "url": delivery.url,
-        "status": delivery.status,
-        "attempts": delivery.attempts,
-        "last_status_code": delivery.last_status_code,
-        "last_error": delivery.last_error,
-        "next_attempt_at": (
-            _ts(delivery.next_attempt_at)
-            if delivery.status == DeliveryStatus.PENDING.value
-            else None
-        ),
-        "created_at": _ts(delivery.created_at),
-        "updated_at": _ts(delivery.updated_at),
-        "delivered_at": _ts(delivery.delivered_at),
-    }
-    if attempts is not None:
-        entry["attempt_log"] = [attempt_dict(a) for a in attempts]
-    if payload:
-        entry["payload"] = delivery.payload
-    return entry
 
 
 # -- stats -----------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ from typing import Any
 
 import click
 
-from models import Scope, utcnow
+from jobtracker.models import Scope, utcnow
+from worker.cli.common import AGE, JSON_OPTION, fail, print_json, read_settings, ready_settings
+from worker.cli.tables import clients_table, format_time
 from worker.clients.registry import (
     Issued,
     add_client,
@@ -24,8 +26,6 @@ from worker.clients.registry import (
 )
 from worker.db import session_scope
 from worker.errors import ClientError, NoClientSecretKey, NotFoundError
-from worker.ops.cli.common import AGE, JSON_OPTION, fail, print_json, read_settings, ready_settings
-from worker.ops.tables import clients_table, format_time
 from worker.settings import Settings
 
 GRACE_OPTION = click.option(
