@@ -191,3 +191,15 @@ def test_the_image_runs_as_a_user_that_owns_its_working_directory() -> None:
     # USER comes after the last RUN: nothing later resets ownership.
     last_run = max(i for i, line in enumerate(lines) if line.startswith("RUN "))
     assert lines.index(f"USER {user}") > last_run
+
+
+def test_the_image_copies_every_folder_the_package_is_built_from() -> None:
+    """`pip install .` in the image needs the code, the tables, the revisions and the package
+    root whose symlinks point at them (no Docker engine here, so read the file)."""
+    copied = {
+        line.split()[1]
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ")
+    }
+    assert {"worker", "models", "migrations", "jobtracker"} <= copied
+    assert all((ROOT / "jobtracker" / name).is_symlink() for name in ("models", "migrations"))
