@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 
-from jobtracker.models.jobs import JobStatus
+from jobtracker.models.status import JobStatus
 
 
 class ErrorClass(enum.StrEnum):

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from jobtracker.models.jobs import JobStatus
+from jobtracker.models.status import JobStatus
 from worker.errors import (
     JobCanceled,
     JobFailed,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from jobtracker.models.jobs import JobStatus
+from jobtracker.models.status import JobStatus
 from worker.catalogue.table import ProviderSpec, error_class_for
 from worker.errors import (
     ErrorClass,

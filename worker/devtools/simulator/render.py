@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from jobtracker.models.jobs import JobStatus
+from jobtracker.models.status import JobStatus
 from worker.catalogue.table import COMMON_ERROR_CODES, ProviderSpec
 from worker.devtools.simulator.lifecycle import Step
 from worker.errors import JobCanceled, JobFailed, JobNotFound, ProviderError
