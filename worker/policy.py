@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from worker.errors import ConfigError
-from worker.settings import DEFAULT_RETRY_SCHEDULE, Settings
+from worker.settings import Settings
 
 Rand = Callable[[], float]
 
@@ -25,6 +25,10 @@ def jitter(delay: float, fraction: float, rand: Rand = random.random) -> float:
     if not 0 <= r <= 1:
         raise ValueError(f"rand() must return a number in [0, 1], got {r!r}")
     return delay * (1.0 + fraction * (2.0 * r - 1.0))
+
+
+#: Where the plain backoff starts (before JOBTRACKER_POLL_INTERVAL_MIN could go below it).
+BACKOFF_START_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -41,8 +45,8 @@ class PollPolicy:
     back off harder than healthy polls.
     """
 
-    min_s: float = 5.0
-    max_s: float = 300.0
+    min_s: float = BACKOFF_START_S
+    max_s: float = Settings.poll_interval_max_s
     growth: float = 1.5
     error_growth: float = 3.0
     jitter: float = 0.2
@@ -74,10 +78,6 @@ class PollPolicy:
         return self._clamp(jitter(base, self.jitter, rand))
 
 
-#: Where the plain backoff starts (before JOBTRACKER_POLL_INTERVAL_MIN could go below it).
-BACKOFF_START_S = 5.0
-
-
 @dataclass(frozen=True)
 class AdaptivePolicy:
     """The adaptive schedule's knobs (:mod:`worker.adaptive`).
@@ -95,14 +95,14 @@ class AdaptivePolicy:
     ``early_check``: poll once at enqueue anyway (``JOBTRACKER_POLL_EARLY_CHECK``).
     """
 
-    seconds_per_call: float = 8.0
+    seconds_per_call: float = Settings.poll_seconds_per_call
     jitter: float = 0.1
     min_samples: int = 30
     window: int = 400
     half_life: int = 80
-    early_check: bool = False
-    min_s: float = 1.0
-    max_s: float = 300.0
+    early_check: bool = Settings.poll_early_check
+    min_s: float = Settings.poll_interval_min_s
+    max_s: float = Settings.poll_interval_max_s
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AdaptivePolicy:
@@ -230,7 +230,7 @@ class DeliveryPolicy:
     answer) ``total_timeout_s``; at most ``body_cap_bytes`` of the answer are read.
     """
 
-    retry_schedule_s: tuple[float, ...] = tuple(float(s) for s in DEFAULT_RETRY_SCHEDULE)
+    retry_schedule_s: tuple[float, ...] = Settings.webhook_retry_schedule_s
     #: Each delay varies by up to this fraction either way, so retries do not arrive in waves.
     jitter: float = 0.1
     retry_after_cap_s: float = 3600.0
@@ -238,7 +238,7 @@ class DeliveryPolicy:
     total_timeout_s: float = 15.0
     body_cap_bytes: int = 64 * 1024
     #: Also refuse private, loopback, ULA and CGNAT addresses (JOBTRACKER_WEBHOOK_BLOCK_PRIVATE).
-    block_private: bool = False
+    block_private: bool = Settings.webhook_block_private
 
     def __post_init__(self) -> None:
         if any(not s >= 0 for s in self.retry_schedule_s):
