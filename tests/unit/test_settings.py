@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from worker.cli.settings import README_BEGIN, README_END, markdown_table
 from worker.errors import ConfigError
 from worker.policy import AdaptivePolicy, DeliveryPolicy, PollPolicy
 from worker.settings import KINDS, Settings, parse
@@ -218,6 +219,14 @@ def test_the_policies_start_from_the_declared_defaults(tmp_path: Path) -> None:
     assert AdaptivePolicy.from_settings(defaults) == AdaptivePolicy()
     assert DeliveryPolicy.from_settings(defaults) == DeliveryPolicy()
     assert PollPolicy().max_s == PollPolicy.from_settings(defaults).max_s
+
+
+def test_the_readme_table_is_the_declarations() -> None:
+    """Regenerate it with `jobtracker settings --markdown` between the two markers."""
+    readme = (ROOT / "README.md").read_text()
+    assert readme.count(README_BEGIN) == 1 and readme.count(README_END) == 1
+    table = readme.split(README_BEGIN + "\n", 1)[1].split(README_END, 1)[0]
+    assert table == markdown_table()
 
 
 def test_a_variable_names_exactly_the_parts_its_families_vary() -> None:

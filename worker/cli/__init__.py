@@ -40,6 +40,9 @@ COMMANDS: dict[str, Entry] = {
     ),
     "prune": Entry("worker.cli.prune:prune", "Remove finished jobs older than the retention."),
     "db": Entry("worker.cli.run:db", "Database schema migrations."),
+    "settings": Entry(
+        "worker.cli.settings:settings", "Every setting: its value here, default and meaning."
+    ),
     "api": Entry("worker.cli.api:api", "Serve the service API over HTTP."),
     "clients": Entry("worker.cli.clients:clients", "Manage the service API's clients."),
     "demo": Entry(
