@@ -519,3 +519,56 @@ def test_insert_or_replace_on_sqlite_keeps_the_tallies_exact(
             {"id": row},
         )
     assert tallied(settings) == true_counts(settings)
+
+
+COUNTED = ("jobs", "transitions", "deliveries", "attempts", "delivered_attempts")
+
+
+def test_a_dry_run_counts_what_the_run_then_removes(db_url: str, tmp_path: Path) -> None:
+    """Every part of the retention at once: the count reads the rules the run reads."""
+    settings = settings_for(
+        db_url,
+        tmp_path,
+        JOBTRACKER_RETENTION_DAYS="30",
+        JOBTRACKER_ATTEMPT_RETENTION_DAYS="7",
+        JOBTRACKER_TOMBSTONE_DAYS="100",
+        JOBTRACKER_PRUNE_BATCH="2",
+    )
+    add_job(settings, "tombstoned")
+    add_job(settings, "tombstoned-too", kind="video_face_fusion")
+    prune(settings)
+    with session_scope(settings) as session:
+        session.execute(update(PrunedJob).values(pruned_at=utcnow() - 101 * DAY))
+    add_job(settings, "old-delivered", delivery="delivered", attempts=3)
+    add_job(settings, "old-failed-long-ago", status="failed", delivery="failed", attempts=2)
+    add_job(settings, "old-other-kind", kind="video_face_fusion", delivery="delivered")
+    add_job(settings, "old-expired", status="expired")
+    add_job(settings, "young-delivered", age=10 * DAY, delivery="delivered", attempts=4)
+    add_job(settings, "young-failed", age=10 * DAY, delivery="failed", attempts=2)
+    add_job(settings, "old-active", status="running")
+    add_job(settings, "old-pending-callback", delivery="pending", attempts=2)
+    add_job(settings, "old-failed-recently", delivery="failed", delivery_age=2 * DAY)
+    before = counts(settings)
+
+    counted = prune(settings, dry_run=True)
+    assert counts(settings) == before
+    removed = prune(settings)
+
+    assert [getattr(counted, f) for f in COUNTED] == [getattr(removed, f) for f in COUNTED]
+    assert (counted.tombstones_expired, removed.tombstones_expired) == (2, 2)
+    assert counted.kinds == removed.kinds == {"image_animate": 3, "video_face_fusion": 1}
+    assert (removed.jobs, removed.delivered_attempts) == (4, 4)
+    assert prune(settings, dry_run=True).rows == 0
+
+
+def test_a_spent_budget_stops_the_run_and_the_next_one_carries_on(
+    db_url: str, tmp_path: Path
+) -> None:
+    settings = settings_for(db_url, tmp_path, JOBTRACKER_PRUNE_BATCH="2")
+    for n in range(5):
+        add_job(settings, f"j{n}")
+    stopped = prune(settings, budget_s=0.0)
+    assert stopped.incomplete and stopped.jobs == 0
+    assert len(job_ids(settings)) == 5
+    done = prune(settings, budget_s=60.0, pause_s=0.01)
+    assert not done.incomplete and (done.jobs, done.batches) == (5, 3)

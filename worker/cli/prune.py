@@ -7,8 +7,8 @@ from datetime import timedelta
 import click
 
 from worker.cli.common import AGE, JSON_OPTION, fail, print_json, read_settings
-from worker.lifecycle.prune import PruneReport
 from worker.lifecycle.prune import prune as run_prune
+from worker.lifecycle.report import PruneReport
 
 
 @click.command()
