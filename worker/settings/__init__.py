@@ -23,7 +23,7 @@ from worker.settings import declare, parse
 from worker.settings.declare import Members, setting
 from worker.settings.parse import REGION_RE, redact_url
 
-__all__ = ["REGION_RE", "Settings", "get_settings", "redact_url", "reset_settings"]
+__all__ = ["KINDS", "REGION_RE", "Settings", "get_settings", "redact_url", "reset_settings"]
 
 #: One variable per kind of the provider table.
 KINDS = Members(
