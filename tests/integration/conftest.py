@@ -102,12 +102,11 @@ def api_database(
         yield url
         dispose_engines()
         return
-    template = request.getfixturevalue("pg_template")
-    name = services.unique_name("jt_api")
-    url = services.create_database(name, template=template)
-    yield url
+    clones: services.TemplateClones = request.getfixturevalue("pg_clones")
+    name = clones.take()
+    yield services.pg_url(name)
     dispose_engines()
-    services.drop_database(name)
+    clones.give_back(name)
 
 
 @pytest.fixture(scope="module")
