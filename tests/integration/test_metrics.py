@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +14,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobtracker.models import utcnow
-from tests.acceptance.proc import Tracker, query, wait_until
+from tests.acceptance.proc import Tracker, enqueue, query, wait_until
 from tests.drive import drive
 from worker.db import session_scope
 from worker.devtools.receiver import Receiver
@@ -208,16 +205,8 @@ def test_jobtracker_run_serves_metrics_over_http(
             return True
 
         wait_until(serving, 30, "the metrics endpoint", tracker)
-        enqueue = [sys.executable, "-m", "worker", "enqueue", "--callback-url", receiver.url]
-        for job_id in ("succeed-2-h", "fail-1-h", "throttle-1-h"):
-            subprocess.run(
-                [*enqueue, "video_face_fusion", job_id],
-                env={**tracker.env},
-                cwd=tmp_path,
-                check=True,
-                capture_output=True,
-                timeout=60,
-            )
+        jobs = ["succeed-2-h", "fail-1-h", "throttle-1-h"]
+        enqueue(env, tmp_path, jobs, callback_url=receiver.url, kind="video_face_fusion")
 
         def finished() -> bool:
             rows = query(url, "SELECT count(*) FROM tracked_jobs WHERE finished_at IS NOT NULL")
@@ -225,7 +214,12 @@ def test_jobtracker_run_serves_metrics_over_http(
 
         wait_until(finished, 60, "every job terminal", tracker)
         receiver.wait_for(3, timeout=30)
-        time.sleep(0.5)  # the last delivery's counter moves after the receiver answered
+
+        def counted() -> bool:  # the last delivery's counter moves after the receiver answered
+            delivered = value(parse(scrape()), "jobtracker_deliveries_total", outcome="delivered")
+            return delivered == 3
+
+        wait_until(counted, 10, "the third delivery counted", tracker)
         text = scrape()
         samples = parse(text)
     finally:
