@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -122,12 +120,7 @@ def sqlite_url(sqlite_template: Path, tmp_path: Path) -> Iterator[str]:
     from worker.db import dispose_engines
 
     path = tmp_path / "jobtracker.db"
-    # The backup API copies a consistent database, whatever of it still sits in the WAL.
-    with (
-        closing(sqlite3.connect(sqlite_template)) as source,
-        closing(sqlite3.connect(path)) as copy,
-    ):
-        source.backup(copy)
+    services.copy_sqlite(sqlite_template, path)
     yield f"sqlite:///{path}"
     dispose_engines()
 
@@ -149,11 +142,7 @@ def module_db_url(
 
     if request.param == "sqlite":
         path = tmp_path_factory.mktemp("module-sqlite") / "jobtracker.db"
-        with (
-            closing(sqlite3.connect(sqlite_template)) as source,
-            closing(sqlite3.connect(path)) as copy,
-        ):
-            source.backup(copy)
+        services.copy_sqlite(sqlite_template, path)
         yield f"sqlite:///{path}"
         dispose_engines()
         return

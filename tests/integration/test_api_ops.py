@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def api_env(api_database: str) -> dict[str, str]:
+def api_env(api_backend: str) -> dict[str, str]:
+    """A server of its own (a low rate, a metrics port), per backend."""
     return {
         "JOBTRACKER_API_RATE": "2",
         "JOBTRACKER_API_BURST": "3",
