@@ -220,6 +220,7 @@ def test_redis_flushall_mid_run_loses_no_job(
     run_through(env, tmp_path, receiver, [f"succeed-5-flush{n}" for n in range(30)], flush)
 
 
+@pytest.mark.serial  # restarts the PostgreSQL every test uses
 def test_a_postgresql_restart_mid_run_is_survived(
     sim: Simulator, receiver: Receiver, pg_url: str, redis_url: str, tmp_path: Path
 ) -> None:

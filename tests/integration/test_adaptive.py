@@ -166,6 +166,7 @@ def test_stats_show_what_was_learned(db_url: str, sim: Simulator, tmp_path: Path
     assert "schedule image_animate: backoff (0 finished jobs" in text
 
 
+@pytest.mark.serial  # bounds on wall time
 def test_a_job_due_before_the_next_tick_is_polled_on_time(
     db_url: str, sim: Simulator, tmp_path: Path
 ) -> None:

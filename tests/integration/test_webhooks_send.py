@@ -153,6 +153,7 @@ def test_plain_3xx_is_a_failure(receiver: Receiver, secret: str) -> None:
     assert not outcome.ok and outcome.status_code == 304
 
 
+@pytest.mark.serial  # bounds on wall time
 def test_slow_receiver_times_out_at_the_total_deadline(receiver: Receiver, secret: str) -> None:
     receiver.script([Reply(200, delay_s=5)])
     started = time.monotonic()
@@ -163,6 +164,7 @@ def test_slow_receiver_times_out_at_the_total_deadline(receiver: Receiver, secre
     assert POLICY.total_timeout_s - 0.1 <= elapsed < POLICY.total_timeout_s + SLACK
 
 
+@pytest.mark.serial  # bounds on wall time
 def test_trickling_receiver_cannot_outlast_the_total_deadline(
     receiver: Receiver, secret: str
 ) -> None:
@@ -177,6 +179,7 @@ def test_trickling_receiver_cannot_outlast_the_total_deadline(
     assert elapsed < POLICY.total_timeout_s + SLACK
 
 
+@pytest.mark.serial  # bounds on wall time
 def test_huge_answer_is_not_read_in_full(receiver: Receiver, secret: str) -> None:
     # 1 GiB announced; reading it all would take far longer than the assertion allows.
     receiver.script([Reply(200, b"A" * 1000 + b"B" * 64536, repeat=16384)])
