@@ -270,7 +270,9 @@ def test_an_expired_lease_is_claimed_again_and_the_stale_batch_is_ignored(
         db_url,
         sim,
         tmp_path,
-        JOBTRACKER_LEASE_SECONDS="2",
+        # Long enough that the new holder's poll fits in it on a busy machine (a request and
+        # the write need 1.7 s of it); the clock is moved past it, not waited for.
+        JOBTRACKER_LEASE_SECONDS="10",
         JOBTRACKER_CONNECT_TIMEOUT="0.2",
         JOBTRACKER_READ_TIMEOUT="0.5",
         JOBTRACKER_TICK_SECONDS="0.2",
@@ -280,8 +282,8 @@ def test_an_expired_lease_is_claimed_again_and_the_stale_batch_is_ignored(
     assert claim_all(settings) == {}  # leased: nobody else may take it
     # The lease runs from the end of the tick's window (a job claimed ahead of its instant
     # holds a whole lease when its poll starts).
-    assert (first[0].lease - first[0].due).total_seconds() >= 2.0
-    advance_clock(2.3)  # the lease runs out
+    assert (first[0].lease - first[0].due).total_seconds() >= 10.0
+    advance_clock(10.3)  # the lease runs out
     second = claim_all(settings)["image_animate"]
     assert [c.id for c in second] == [c.id for c in first]
     # The dead worker's batch arrives late: it no longer owns the row.
