@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,11 @@ def test_python_enqueue_is_idempotent_and_due(db_url: str, tmp_path: Path) -> No
     assert first["status"] == "pending"
     assert first["region"] == "ap-guangzhou"
     assert first["metadata"] == {"order": 42}
-    assert first["deadline_at"] is None or first["deadline_at"] > first["created_at"]
+    # Every row gets a deadline, JOBTRACKER_JOB_DEADLINE (a day by default) after it was made.
+    deadline = datetime.fromisoformat(first["deadline_at"]) - datetime.fromisoformat(
+        first["created_at"]
+    )
+    assert abs(deadline - timedelta(seconds=settings.job_deadline_s)) < timedelta(seconds=5)
     assert count_rows(db_url) == 1
     # A different region is a different job.
     other = track("video_face_fusion", "C0a5EXaNR7JzGvlg", region="ap-shanghai", settings=settings)
