@@ -11,6 +11,7 @@ import os
 import socket
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -99,6 +100,7 @@ class TemplateClones:
         self.ahead = ahead
         self._ready: list[str | BaseException] = []
         self._to_drop: list[str] = []
+        self._undropped: list[str] = []
         self._stopping = False
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="pg-clones", daemon=True)
@@ -128,6 +130,18 @@ class TemplateClones:
             self._changed.notify_all()
         self._thread.join()
 
+    def _create(self, name: str) -> str | BaseException:
+        """``name``, cloned; or why not, after half a minute of tries (a server restarting)."""
+        error: BaseException = RuntimeError(f"could not create {name}")
+        for _ in range(30):
+            try:
+                create_database(name, template=self.template)
+                return name
+            except Exception as exc:  # handed to the test that takes it, if it lasts
+                error = exc
+                time.sleep(1)
+        return error
+
     def _run(self) -> None:
         while True:
             with self._changed:
@@ -135,23 +149,25 @@ class TemplateClones:
                     lambda: self._stopping or len(self._ready) < self.ahead or self._to_drop
                 )
                 if self._stopping:
-                    leftover = self._to_drop + [n for n in self._ready if isinstance(n, str)]
+                    leftover = self._to_drop + self._undropped
+                    leftover += [n for n in self._ready if isinstance(n, str)]
                     break
                 create = len(self._ready) < self.ahead
                 name = unique_name("jt_test") if create else self._to_drop.pop(0)
             if not create:
-                drop_database(name)
+                try:
+                    drop_database(name)
+                except Exception:  # the server is away (a test restarts it): try again at close
+                    with self._changed:
+                        self._undropped.append(name)
                 continue
-            try:
-                create_database(name, template=self.template)
-                made: str | BaseException = name
-            except Exception as exc:  # handed to the test that takes it
-                made = exc
+            made = self._create(name)
             with self._changed:
                 self._ready.append(made)
                 self._changed.notify_all()
         for name in leftover:
-            drop_database(name)
+            with contextlib.suppress(Exception):  # never a reason to fail a test run
+                drop_database(name)
 
 
 @contextmanager
