@@ -62,18 +62,34 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 def parse_args(
     description: str, argv: list[str] | None = None, *, qps: float | None = None
 ) -> argparse.Namespace:
-    """``--quick`` for every script; ``--qps`` (default ``qps``) where a script takes one."""
+    """``--quick`` and ``--smoke`` for every script; ``--qps`` (default ``qps``) where a script
+    takes one."""
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--quick", action="store_true", help="a small smoke run (a few seconds), figures only"
-    )
+    add_run_size(parser)
     if qps is not None:
         parser.add_argument(
             "--qps", type=float, default=qps, help=f"jobtracker's QPS limit (default {qps:g})"
         )
-    return parser.parse_args(argv)
+    return smoke_is_quick(parser.parse_args(argv))
+
+
+def add_run_size(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quick", action="store_true", help="a small smoke run (a few seconds), figures only"
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the smallest run that still measures every figure (the test suite's smoke test); "
+        "a script without a smaller size runs --quick",
+    )
+
+
+def smoke_is_quick(args: argparse.Namespace) -> argparse.Namespace:
+    args.quick = args.quick or args.smoke
+    return args
 
 
 def header(title: str, **facts: Any) -> None:

@@ -28,7 +28,7 @@ on the same durations.
 Targets: lognormal sigma 0.3 <= 0.5 x fixed at equal latency (end to end); every other
 distribution <= 1.0 x, and no missed terminal state.
 
-    .venv/bin/python bench/adaptive.py [--quick] [--png PATH]
+    .venv/bin/python bench/adaptive.py [--quick | --smoke] [--png PATH]
 
 The PNG (trade-off curves) needs matplotlib: ``pip install -e '.[bench]'``.
 """
@@ -168,13 +168,15 @@ def fixed_calls_at(curve: Sequence[Point], latency_s: float) -> float | None:
     return None
 
 
-def part_one(jobs: int, seed: int) -> dict[str, tuple[list[Point], list[Point], Point]]:
+def part_one(
+    jobs: int, seed: int, seconds_per_call: Sequence[float] = SECONDS_PER_CALL
+) -> dict[str, tuple[list[Point], list[Point], Point]]:
     c.header(
         "adaptive, part 1: the policies alone",
         jobs=f"{jobs} per distribution; adaptive measured after a warm-up of {WARM_UP_JOBS}",
         fixed=f"first poll at enqueue, then every D for D in {FIXED_SWEEP_S[0]:g}..."
         f"{FIXED_SWEEP_S[-1]:g} s",
-        adaptive=f"seconds per call in {', '.join(f'{s:g}' for s in SECONDS_PER_CALL)} "
+        adaptive=f"seconds per call in {', '.join(f'{s:g}' for s in seconds_per_call)} "
         f"(default {DEFAULT_SPC:g})",
     )
     curves: dict[str, tuple[list[Point], list[Point], Point]] = {}
@@ -187,7 +189,7 @@ def part_one(jobs: int, seed: int) -> dict[str, tuple[list[Point], list[Point], 
         old = backoff(tail, random.Random(seed))
         c.note(f"{name}: backoff {old.calls:.2f} calls at {old.latency_s:.1f} s latency")
         points = []
-        for spc in SECONDS_PER_CALL:
+        for spc in seconds_per_call:
             point, missed = adaptive(durations, random.Random(seed), spc, measured)
             points.append(point)
             base = fixed_calls_at(sweep, point.latency_s)
@@ -316,11 +318,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="a small smoke run")
+    c.add_run_size(parser)
     parser.add_argument("--png", type=Path, default=None, help="write the curves here")
     parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
-    curves = part_one(400 if args.quick else 3000, args.seed)
+    args = c.smoke_is_quick(parser.parse_args())
+    # --smoke: the figures are those of the default seconds per call, so the curve's other
+    # points (most of part 1's time) are left out.
+    curves = part_one(
+        400 if args.quick else 3000,
+        args.seed,
+        (DEFAULT_SPC,) if args.smoke else SECONDS_PER_CALL,
+    )
     if args.png is not None:
         draw_png(curves, args.png)
     c.require_services()

@@ -15,7 +15,7 @@ Calls/s is the steady window between 10 % and 90 % of the run's calls (the simul
 sampled every 0.25 s); for run 2 the window starts 10 s in. Throttled % counts the refusals in
 the same window over the calls in it.
 
-    .venv/bin/python bench/rate.py [--quick]
+    .venv/bin/python bench/rate.py [--quick | --smoke]
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def run(label: str, count: int, configured: float, *, other_qps: float = 0.0,
 
 def main() -> int:
     args = c.parse_args(__doc__ or "")
-    count = 150 if args.quick else 2000
+    count = 60 if args.smoke else 150 if args.quick else 2000
     c.require_services()
     c.header(
         "rate: provider calls/s against a strict 20-calls-per-second window",

@@ -12,7 +12,10 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from worker.db import make_engine
+from worker.db import dispose_engines, make_engine
+from worker.flow.enqueue import track
+from worker.runtime.migrate import ensure_schema
+from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,3 +96,41 @@ def query(url: str, sql: str) -> list[tuple[object, ...]]:
             return [tuple(row) for row in conn.execute(text(sql))]
     finally:
         engine.dispose()
+
+
+def enqueue_cli(env: dict[str, str], cwd: Path, kind: str, job_id: str, *extra: str) -> None:
+    """``jobtracker enqueue`` in its own process, as a user types it next to a running tracker."""
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "enqueue", kind, job_id, *extra],
+        env={**os.environ, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def enqueue(
+    env: dict[str, str],
+    cwd: Path,
+    jobs: list[str],
+    *,
+    callback_url: str | None = None,
+    kind: str | None = None,
+    cli: int = 0,
+) -> None:
+    """Enqueue ``jobs`` (of ``kind``, else kinds alternating), the first ``cli`` through
+    ``jobtracker enqueue`` in a subprocess and the rest through ``track()`` in this process: the
+    tracker is the subject here, and each subprocess costs an interpreter's start (the CLI has
+    its own tests)."""
+    settings = Settings.from_env(env, cwd=cwd)
+    ensure_schema(settings)  # the embedded SQLite file, as `jobtracker run` would
+    extra = ("--callback-url", callback_url) if callback_url else ()
+    for n, job_id in enumerate(jobs):
+        this_kind = kind or ("video_face_fusion" if n % 2 else "image_animate")
+        if n < cli:
+            enqueue_cli(env, cwd, this_kind, job_id, *extra)
+        else:
+            track(this_kind, job_id, callback_url=callback_url, settings=settings)
+    dispose_engines()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests import services
-from tests.acceptance.proc import Tracker, query, wait_until
+from tests.acceptance.proc import Tracker, enqueue, query, wait_until
 from worker.db import dispose_engines
 from worker.devtools.receiver import Receiver
 from worker.devtools.simulator import Simulator
@@ -81,20 +80,6 @@ def db_url_of(env: dict[str, str], cwd: Path) -> str:
     return env.get("JOBTRACKER_DATABASE_URL", f"sqlite:///{cwd / 'jobtracker.db'}")
 
 
-def enqueue(env: dict[str, str], cwd: Path, kind: str, job_id: str, *extra: str) -> None:
-    import os
-
-    result = subprocess.run(
-        [sys.executable, "-m", "worker", "enqueue", kind, job_id, *extra],
-        env={**os.environ, **env},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-
-
 def statuses(url: str) -> dict[str, str]:
     return {str(j): str(s) for j, s in query(url, "SELECT job_id, status FROM tracked_jobs")}
 
@@ -122,9 +107,7 @@ def test_a_mix_of_lifecycles_ends_right_with_callbacks_then_stops_cleanly(
     url = db_url_of(env, tmp_path)
     tracker = Tracker(env, tmp_path).start()
     try:
-        for n, job_id in enumerate(MIX):
-            kind = "video_face_fusion" if n % 2 else "image_animate"
-            enqueue(env, tmp_path, kind, job_id, "--callback-url", receiver.url)
+        enqueue(env, tmp_path, list(MIX), callback_url=receiver.url, cli=1)
         wait_until(lambda: all_terminal(url, len(MIX)), 60, "every job terminal", tracker)
         messages = receiver.wait_for(len(MIX), timeout=30)
         assert tracker.children() == [], "jobtracker run must not fork helpers"
@@ -179,9 +162,7 @@ def run_through(
     url = db_url_of(env, cwd)
     tracker = Tracker(env, cwd).start()
     try:
-        for n, job_id in enumerate(jobs):
-            kind = "video_face_fusion" if n % 2 else "image_animate"
-            enqueue(env, cwd, kind, job_id, "--callback-url", receiver.url)
+        enqueue(env, cwd, jobs, callback_url=receiver.url)
         wait_until(
             lambda: query(url, "SELECT count(*) FROM tracked_jobs WHERE polls >= 2")[0][0] >= 5,
             60, "polling under way", tracker,
@@ -239,6 +220,7 @@ def test_redis_flushall_mid_run_loses_no_job(
     run_through(env, tmp_path, receiver, [f"succeed-5-flush{n}" for n in range(30)], flush)
 
 
+@pytest.mark.serial  # restarts the PostgreSQL every test uses
 def test_a_postgresql_restart_mid_run_is_survived(
     sim: Simulator, receiver: Receiver, pg_url: str, redis_url: str, tmp_path: Path
 ) -> None:
@@ -277,8 +259,7 @@ def test_two_trackers_with_two_beats_poll_each_job_without_duplicates(
     first = Tracker(env, tmp_path, name="one").start()
     second = Tracker(env, tmp_path, name="two").start()
     try:
-        for job_id in jobs:
-            enqueue(env, tmp_path, "image_animate", job_id, "--callback-url", receiver.url)
+        enqueue(env, tmp_path, jobs, callback_url=receiver.url, kind="image_animate")
         wait_until(lambda: all_terminal(pg_url, len(jobs)), 90, "every job terminal", first)
         receiver.wait_for(len(jobs), timeout=60)
         first.stop(signal.SIGTERM)
@@ -303,9 +284,7 @@ def test_a_tracker_killed_mid_delivery_delivers_after_restart_with_the_same_id(
         rx.script([Reply(status=200, delay_s=5)])  # the first POST hangs...
         tracker = Tracker(env, tmp_path).start()
         try:
-            enqueue(
-                env, tmp_path, "image_animate", "succeed-1-middeliver", "--callback-url", rx.url
-            )
+            enqueue(env, tmp_path, ["succeed-1-middeliver"], callback_url=rx.url)
             rx.wait_for_requests(1, timeout=30)
             tracker.stop(signal.SIGKILL)  # ...and the tracker dies while it waits
             tracker = Tracker(env, tmp_path, name="tracker2").start()

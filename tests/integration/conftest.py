@@ -1,7 +1,8 @@
 """The service API for the ``test_api*`` modules: one real ``jobtracker api`` subprocess per
-module and backend (starting one per test would cost seconds each), over real HTTP.
+backend and environment, shared by the modules that ask for the same one (starting one costs
+seconds), over real HTTP.
 
-Tests share the module's server and database, so each one makes its own clients (unique names)
+Tests share the server and its database, so each one makes its own clients (unique names)
 and its own JobIds; nothing depends on what another test left behind.
 """
 
@@ -21,7 +22,6 @@ from tests import services
 from tests.api_server import MASTER_KEY, ApiServer
 from worker.clients.registry import add_client
 from worker.db import dispose_engines, session_scope
-from worker.runtime.migrate import upgrade
 from worker.settings import Settings
 
 #: What every test server gets; a module may add to it with an ``api_env`` fixture.
@@ -92,34 +92,72 @@ def api_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def api_database(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    if request.param == "sqlite":
-        folder = tmp_path_factory.mktemp("api-sqlite")
-        url = f"sqlite:///{folder / 'jobtracker.db'}"
-        upgrade("head", Settings.from_env({"JOBTRACKER_DATABASE_URL": url}, cwd=folder))
-        yield url
+def api_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class ApiServers:
+    """The running servers, one per backend and environment: modules that ask for the same
+    environment share a server and its database (starting one costs seconds)."""
+
+    def __init__(self, folder: Path, sqlite_template: Path) -> None:
+        self.folder = folder
+        self.sqlite_template = sqlite_template
+        self.running: dict[tuple[str, tuple[tuple[str, str], ...]], ApiServer] = {}
+        self.databases: dict[ApiServer, tuple[str, str | None]] = {}
+
+    def get(
+        self, backend: str, env: dict[str, str], request: pytest.FixtureRequest
+    ) -> tuple[ApiServer, str]:
+        key = (backend, tuple(sorted(env.items())))
+        if key not in self.running:
+            folder = self.folder / f"api-{len(self.running)}"
+            folder.mkdir()
+            pg_name = None
+            if backend == "sqlite":
+                path = folder / "jobtracker.db"
+                services.copy_sqlite(self.sqlite_template, path)
+                url = f"sqlite:///{path}"
+            else:
+                clones: services.TemplateClones = request.getfixturevalue("pg_clones")
+                pg_name = clones.take()
+                url = services.pg_url(pg_name)
+            server = ApiServer({**env, "JOBTRACKER_DATABASE_URL": url}, folder).start()
+            self.running[key] = server
+            self.databases[server] = (url, pg_name)
+        server = self.running[key]
+        return server, self.databases[server][0]
+
+    def close(self) -> None:
+        for server in self.running.values():
+            server.stop()
         dispose_engines()
-        return
-    template = request.getfixturevalue("pg_template")
-    name = services.unique_name("jt_api")
-    url = services.create_database(name, template=template)
-    yield url
-    dispose_engines()
-    services.drop_database(name)
+        for _, pg_name in self.databases.values():
+            if pg_name is not None:  # the clones' thread may be gone: drop it here
+                services.drop_database(pg_name)
+
+
+@pytest.fixture(scope="session")
+def api_servers(
+    sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ApiServers]:
+    servers = ApiServers(tmp_path_factory.mktemp("api-servers"), sqlite_template)
+    yield servers
+    servers.close()
 
 
 @pytest.fixture(scope="module")
 def api(
-    api_database: str, api_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    api_backend: str,
+    api_env: dict[str, str],
+    api_servers: ApiServers,
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Api]:
-    folder = tmp_path_factory.mktemp("api")
     env = {**BASE_ENV, **api_env}
-    server = ApiServer({**env, "JOBTRACKER_DATABASE_URL": api_database}, folder).start()
-    handle = Api(server=server, database_url=api_database, env=env, tmp=folder)
-    try:
-        yield handle
-    finally:
-        handle.close()
-        server.stop()
+    server, database_url = api_servers.get(api_backend, env, request)
+    handle = Api(
+        server=server, database_url=database_url, env=env, tmp=tmp_path_factory.mktemp("api")
+    )
+    yield handle
+    handle.close()

@@ -4,7 +4,7 @@ keep ``JOBTRACKER_WEBHOOK_SECRET``; a secret that cannot be derived is a recorde
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 
 import pytest
 from sqlalchemy import select
@@ -90,7 +90,7 @@ def test_each_clients_callbacks_are_signed_with_its_own_secret(api: Api, sim: Si
 
 
 def test_during_a_rotation_both_secrets_sign_then_only_the_new_one(
-    api: Api, sim: Simulator
+    api: Api, sim: Simulator, advance_clock: Callable[[float], None]
 ) -> None:
     client = api.new_client()
     with session_scope(api.settings()) as session:
@@ -105,14 +105,17 @@ def test_during_a_rotation_both_secrets_sign_then_only_the_new_one(
         [during] = rx.wait_for(1, timeout=15)
         assert len(during.headers["webhook-signature"].split()) == 2
         assert verifies(client.secret, during) and verifies(new_secret, during)
-        time.sleep(3.1)  # the grace period ends
+        advance_clock(3.1)  # the grace period ends
         drive(settings, jobs=[post_job(api, client, rx.url)["id"]])
         after = rx.wait_for(2, timeout=15)[1]
     assert verifies(new_secret, after) and not verifies(client.secret, after)
 
 
 def test_without_the_master_key_a_clients_callback_is_a_recorded_retried_failure(
-    api: Api, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+    api: Api,
+    sim: Simulator,
+    monkeypatch: pytest.MonkeyPatch,
+    advance_clock: Callable[[float], None],
 ) -> None:
     sent: list[str] = []
     monkeypatch.setattr(deliver, "deliver_soon", lambda ids, *a, **k: sent.extend(ids))
@@ -135,7 +138,7 @@ def test_without_the_master_key_a_clients_callback_is_a_recorded_retried_failure
         assert attempt.error_class == "no_secret"
         assert "JOBTRACKER_CLIENT_SECRET_KEY" in (attempt.error_message or "")
         # With the key, the retry goes out signed with the client's secret.
-        time.sleep(0.35)
+        advance_clock(0.35)  # past the retry (0.3 s)
         assert deliver.deliver_one(delivery_id, worker_settings(api, sim)) == "delivered"
         [message_in] = rx.wait_for(1, timeout=10)
     assert verifies(client.secret, message_in)

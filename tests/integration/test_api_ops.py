@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests import services
 from tests.api_server import ApiServer, free_port
@@ -23,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def api_env(api_database: str) -> dict[str, str]:
+def api_env(api_backend: str) -> dict[str, str]:
+    """A server of its own (a low rate, a metrics port), per backend."""
     return {
         "JOBTRACKER_API_RATE": "2",
         "JOBTRACKER_API_BURST": "3",
@@ -49,14 +51,33 @@ def test_each_client_is_held_to_its_rate_with_retry_after(api: Api) -> None:
     assert http.get("/v1/jobs").status_code == 200
 
 
+def scrape(api: Api) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
+    port = api.env["JOBTRACKER_METRICS_PORT"]
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    return text, samples
+
+
 def test_requests_are_counted_by_route_and_status(api: Api) -> None:
+    def requests(route: str, status: str) -> float:
+        labels = (("method", "GET"), ("route", route), ("status", status))
+        return samples.get(("jobtracker_api_requests_total", labels), 0.0)
+
+    # The server serves the whole module: count what these requests add.
+    _, samples = scrape(api)
+    before = {key: requests(*key) for key in [("/v1/jobs/{id}", "404"), ("/v1/jobs", "401")]}
     client = api.new_client()
     api.http(client.token).get("/v1/jobs/123456789")
     api.http().get("/v1/jobs")
-    port = api.env["JOBTRACKER_METRICS_PORT"]
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    assert 'jobtracker_api_requests_total{method="GET",route="/v1/jobs/{id}",status="404"}' in text
-    assert 'jobtracker_api_requests_total{method="GET",route="/v1/jobs",status="401"}' in text
+    text, samples = scrape(api)
+    assert {key: requests(*key) - n for key, n in before.items()} == {
+        ("/v1/jobs/{id}", "404"): 1,
+        ("/v1/jobs", "401"): 1,
+    }
     assert 'jobtracker_api_request_duration_seconds_bucket{le="0.005",method="GET"' in text
     assert "jobtracker_api_waiting_requests 0.0" in text
     # The same registry as the worker's: the database gauges are there too.

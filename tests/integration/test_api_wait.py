@@ -50,6 +50,7 @@ def hold(api: Api, token: str, path: str, wait: float) -> Future[tuple[httpx.Res
     return future
 
 
+@pytest.mark.serial  # bounds on wall time
 def test_wait_returns_when_the_job_ends(api: Api) -> None:
     client = api.new_client()
     job = (
@@ -75,6 +76,7 @@ def test_wait_returns_when_the_job_ends(api: Api) -> None:
         assert arrived - started < 10
 
 
+@pytest.mark.serial  # bounds on wall time
 def test_wait_gives_up_after_n_seconds_and_an_ended_job_answers_at_once(api: Api) -> None:
     client = api.new_client()
     http = api.http(client.token)
@@ -110,6 +112,7 @@ def test_wait_on_a_job_the_real_engine_finishes(api: Api, sim: Simulator) -> Non
     assert [t["to_status"] for t in answer.json()["transitions"]][-1] == "succeeded"
 
 
+@pytest.mark.serial  # bounds on wall time
 def test_one_watcher_serves_every_waiter_without_polling_per_waiter(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -15,14 +15,16 @@ from click.testing import CliRunner, Result
 from sqlalchemy import select, update
 
 from jobtracker.models import DeliveryStatus, TrackedJob, WebhookDelivery, utcnow
+from tests import services
 from tests.drive import drive
 from worker.cli import main
-from worker.db import session_scope
+from worker.db import dispose_engines, session_scope
 from worker.devtools.receiver import Receiver
 from worker.devtools.simulator import Simulator
 from worker.flow import deliver
 from worker.flow.enqueue import track
 from worker.providers import state as provider_state
+from worker.providers.client import clear_clients
 from worker.settings import Settings
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -51,46 +53,105 @@ class World:
             ).scalar_one()
 
 
-@pytest.fixture
-def world(
-    db_url: str, sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[World]:
+@dataclass
+class Built:
+    """One backend's world, built once: a database to copy, the receiver its callbacks went to."""
+
+    #: A SQLite file, or clones of the PostgreSQL database
+    template: Path | services.TemplateClones
+    env: dict[str, str]
+    receiver: Receiver
+    ids: dict[str, int]
+
+
+def build(settings: Settings, receiver: Receiver) -> dict[str, int]:
     """Four jobs run to where they stop: succeeded (callback delivered), failed (callback answered
     503, retry pending), not found (callback answered 410: failed), and one still pending that
     keeps getting InternalError."""
-    sent: list[str] = []
-    monkeypatch.setattr(deliver, "deliver_soon", lambda ids, _settings, **_: sent.extend(ids))
-    env = {
-        "JOBTRACKER_DATABASE_URL": db_url,
-        "JOBTRACKER_POLL_INTERVAL_MIN": "0.05",
-        "JOBTRACKER_POLL_INTERVAL_MAX": "0.1",
-        "JOBTRACKER_NOT_FOUND_GRACE": "0",
-        "JOBTRACKER_WEBHOOK_SECRET": SECRET,
-        "JOBTRACKER_WEBHOOK_RETRY_SCHEDULE": "300,300",
-        **sim.env(),
-    }
-    settings = Settings.from_env(env, cwd=tmp_path)
-    with Receiver(secrets=[SECRET]) as receiver:
-        ids = {}
-        for kind, job_id in [
-            ("video_face_fusion", "succeed-2-cli"),
-            ("video_face_fusion", "fail-2-cli"),
-            ("image_animate", "notfound-cli"),
-            ("image_animate", "internal-cli"),
-        ]:
-            row = track(kind, job_id, callback_url=receiver.url, settings=settings)
-            ids[job_id] = row["id"]
-        drive(settings, seconds=1.5)
-        # Callbacks in the order the jobs finished is not fixed: answer by webhook-id instead.
-        by_job = {}
-        with session_scope(settings) as session:
-            for delivery in session.execute(select(WebhookDelivery)).scalars():
-                by_job[delivery.tracked_job_id] = delivery.id
-        plan = {ids["succeed-2-cli"]: 200, ids["fail-2-cli"]: 503, ids["notfound-cli"]: 410}
-        for job_ref, answer in plan.items():
-            receiver.script([answer])
-            assert deliver.deliver_one(by_job[job_ref], settings) is not None
-        yield World(settings, env, receiver, ids)
+    ids = {}
+    for kind, job_id in [
+        ("video_face_fusion", "succeed-2-cli"),
+        ("video_face_fusion", "fail-2-cli"),
+        ("image_animate", "notfound-cli"),
+        ("image_animate", "internal-cli"),
+    ]:
+        row = track(kind, job_id, callback_url=receiver.url, settings=settings)
+        ids[job_id] = row["id"]
+    # Until the three that end have ended; internal-cli, polled with them, stays pending.
+    drive(settings, jobs=[ids[j] for j in ("succeed-2-cli", "fail-2-cli", "notfound-cli")])
+    # Callbacks in the order the jobs finished is not fixed: answer by webhook-id instead.
+    by_job = {}
+    with session_scope(settings) as session:
+        for delivery in session.execute(select(WebhookDelivery)).scalars():
+            by_job[delivery.tracked_job_id] = delivery.id
+    plan = {ids["succeed-2-cli"]: 200, ids["fail-2-cli"]: 503, ids["notfound-cli"]: 410}
+    for job_ref, answer in plan.items():
+        receiver.script([answer])
+        assert deliver.deliver_one(by_job[job_ref], settings) is not None
+    return ids
+
+
+def quiet_delivery(patch: pytest.MonkeyPatch) -> None:
+    """Callbacks are sent by the tests themselves (deliver_one), not after each commit."""
+    patch.setattr(deliver, "deliver_soon", lambda ids, _settings, **_: None)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def built(
+    request: pytest.FixtureRequest, sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Built]:
+    """The world, built once per backend through the real engine; each test gets a copy."""
+    folder = tmp_path_factory.mktemp("cli-world")
+    if request.param == "sqlite":
+        template: Path | services.TemplateClones = folder / "world.db"
+        services.copy_sqlite(sqlite_template, template)
+        url = f"sqlite:///{template}"
+    else:
+        pg_clones: services.TemplateClones = request.getfixturevalue("pg_clones")
+        name = pg_clones.take()
+        url = services.pg_url(name)
+    with Simulator() as sim, Receiver(secrets=[SECRET]) as receiver:
+        env = {
+            "JOBTRACKER_POLL_INTERVAL_MIN": "0.05",
+            "JOBTRACKER_POLL_INTERVAL_MAX": "0.1",
+            "JOBTRACKER_NOT_FOUND_GRACE": "0",
+            "JOBTRACKER_WEBHOOK_SECRET": SECRET,
+            "JOBTRACKER_WEBHOOK_RETRY_SCHEDULE": "300,300",
+            **sim.env(),
+        }
+        settings = Settings.from_env({**env, "JOBTRACKER_DATABASE_URL": url}, cwd=folder)
+        with pytest.MonkeyPatch.context() as patch:
+            quiet_delivery(patch)
+            ids = build(settings, receiver)
+        dispose_engines()  # a template database must have no connection
+        if request.param == "postgresql":
+            template = services.TemplateClones(name)
+        try:
+            yield Built(template, env, receiver, ids)
+        finally:
+            if isinstance(template, services.TemplateClones):
+                template.close()
+                pg_clones.give_back(name)
+            clear_clients()
+
+
+@pytest.fixture
+def world(built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    """A copy of the backend's world (its receiver is shared: answer it by webhook-id)."""
+    quiet_delivery(monkeypatch)
+    clone = None
+    if isinstance(built.template, Path):
+        path = tmp_path / "jobtracker.db"
+        services.copy_sqlite(built.template, path)
+        url = f"sqlite:///{path}"
+    else:
+        clone = built.template.take()
+        url = services.pg_url(clone)
+    env = {**built.env, "JOBTRACKER_DATABASE_URL": url}
+    yield World(Settings.from_env(env, cwd=tmp_path), env, built.receiver, dict(built.ids))
+    dispose_engines()
+    if clone is not None:
+        built.template.give_back(clone)
 
 
 def test_jobs_lists_newest_first_with_filters(world: World) -> None:
@@ -287,12 +348,18 @@ def test_stats_counts_and_provider_states(world: World) -> None:
     assert data["jobs"]["image_animate"]["failed"] == 1
     assert data["jobs"]["image_animate"]["pending"] == 1
     assert data["jobs_total"] == 4
-    assert data["oldest_active"]["pending"]["kind"] == "image_animate"
-    assert data["oldest_active"]["pending"]["age_s"] >= 0
+    oldest = data["oldest_active"]["pending"]
+    assert oldest["kind"] == "image_animate"  # internal-cli, the one job still pending
+    with session_scope(world.settings) as session:
+        pending = session.get(TrackedJob, world.ids["internal-cli"])
+        assert pending is not None
+        age_s = (utcnow() - pending.created_at).total_seconds()
+    assert oldest["age_s"] == pytest.approx(age_s, abs=2)
     polls = data["polls_per_finished_job"]["video_face_fusion"]
     assert (polls["jobs"], polls["avg"], polls["max_recent"]) == (2, 2.0, 2)
-    # Each ended job's bound: its terminal poll minus the poll before (None if polled once).
-    assert polls["detection_bound_s"] is None or polls["detection_bound_s"] >= 0
+    # Each ended job's bound: its terminal poll minus the poll before (both were polled twice,
+    # at most a poll interval of 0.1 s apart, plus a step of the driver).
+    assert 0 < polls["detection_bound_s"] < 2
     assert data["deliveries"] == {"pending": 1, "delivered": 1, "failed": 1}
     states = {p["kind"]: p for p in data["providers"]}
     assert states["image_animate"]["paused"] is True

@@ -6,8 +6,8 @@ import json
 import os
 import subprocess
 import sys
-import time
-from datetime import timedelta
+import threading
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,11 @@ def test_python_enqueue_is_idempotent_and_due(db_url: str, tmp_path: Path) -> No
     assert first["status"] == "pending"
     assert first["region"] == "ap-guangzhou"
     assert first["metadata"] == {"order": 42}
-    assert first["deadline_at"] is None or first["deadline_at"] > first["created_at"]
+    # Every row gets a deadline, JOBTRACKER_JOB_DEADLINE (a day by default) after it was made.
+    deadline = datetime.fromisoformat(first["deadline_at"]) - datetime.fromisoformat(
+        first["created_at"]
+    )
+    assert abs(deadline - timedelta(seconds=settings.job_deadline_s)) < timedelta(seconds=5)
     assert count_rows(db_url) == 1
     # A different region is a different job.
     other = track("video_face_fusion", "C0a5EXaNR7JzGvlg", region="ap-shanghai", settings=settings)
@@ -116,15 +120,35 @@ BAD_INPUTS: list[tuple[dict[str, Any], str]] = [
 ]
 
 
+def nowhere(tmp_path: Path) -> Path:
+    """A SQLite file in a folder that does not exist: any use of the database fails loudly."""
+    return tmp_path / "absent" / "jobtracker.db"
+
+
 @pytest.mark.parametrize(("change", "message"), BAD_INPUTS)
-def test_bad_input_is_refused_and_stores_nothing(
-    db_url: str, tmp_path: Path, change: dict[str, Any], message: str
+def test_bad_input_is_refused_before_the_database_is_touched(
+    tmp_path: Path, change: dict[str, Any], message: str
 ) -> None:
-    settings = settings_for(db_url, tmp_path)
+    """``track()`` validates first: with a database that cannot even be opened, the refusal is
+    still the input's (no database error), so nothing can have been stored."""
+    settings = settings_for(f"sqlite:///{nowhere(tmp_path)}", tmp_path)
     args: dict[str, Any] = {"kind": "image_animate", "job_id": "1194931538865782784", **change}
     with pytest.raises(EnqueueError, match=message):
         track(**args, settings=settings)
+    assert not nowhere(tmp_path).parent.exists()
+
+
+def test_bad_input_stores_nothing(db_url: str, tmp_path: Path) -> None:
+    """Every bad input through ``track()`` on a real database (both backends): refused, and the
+    table stays empty; a good one afterwards is stored."""
+    settings = settings_for(db_url, tmp_path)
+    for change, message in BAD_INPUTS:
+        args: dict[str, Any] = {"kind": "image_animate", "job_id": "1194931538865782784", **change}
+        with pytest.raises(EnqueueError, match=message):
+            track(**args, settings=settings)
     assert count_rows(db_url) == 0
+    track("image_animate", "1194931538865782784", settings=settings)
+    assert count_rows(db_url) == 1
 
 
 @pytest.mark.parametrize(("change", "message"), BAD_INPUTS)
@@ -152,19 +176,26 @@ def _cli_args(change: dict[str, Any]) -> list[str]:
     return args
 
 
-@pytest.mark.parametrize(("change", "message"), [c for c in BAD_INPUTS if "nan" not in repr(c[0])])
+def _argv_can_carry(change: dict[str, Any]) -> bool:
+    # NaN has no JSON spelling for --metadata; a NUL byte cannot be passed in argv at all.
+    return "nan" not in repr(change) and "\x00" not in str(change.get("job_id", ""))
+
+
+@pytest.mark.parametrize(("change", "message"), [c for c in BAD_INPUTS if _argv_can_carry(c[0])])
 def test_cli_refuses_bad_input_with_exit_code_2(
-    sqlite_url: str, tmp_path: Path, change: dict[str, Any], message: str
+    tmp_path: Path, change: dict[str, Any], message: str
 ) -> None:
-    if "\x00" in str(change.get("job_id", "")):
-        pytest.skip("a NUL byte cannot be passed in argv")
+    """Refused before the database is touched: its file is never even created."""
+    database = tmp_path / "jobtracker.db"
     result = CliRunner().invoke(
-        main, ["enqueue", *_cli_args(change)], env={"JOBTRACKER_DATABASE_URL": sqlite_url}
+        main,
+        ["enqueue", *_cli_args(change)],
+        env={"JOBTRACKER_DATABASE_URL": f"sqlite:///{database}"},
     )
     assert result.exit_code == 2, result.output
     assert message.lower() in result.output.lower()
     assert len(result.output.strip().splitlines()) == 1
-    assert count_rows(sqlite_url) == 0
+    assert not database.exists()
 
 
 def test_cli_enqueue_prints_the_job_as_json_in_a_real_process(db_url: str, tmp_path: Path) -> None:
@@ -205,12 +236,20 @@ def test_celery_send_task_enqueues_through_a_real_broker(
     """Another service's ``send_task("jobtracker.track", ...)`` over Redis reaches the table."""
     from celery import Celery
     from celery.contrib.testing.worker import start_worker
+    from celery.signals import task_postrun
 
     from worker.runtime.app import app, celery_config
     from worker.settings import reset_settings
 
     env = {"JOBTRACKER_DATABASE_URL": pg_url, "JOBTRACKER_BROKER_URL": redis_url}
     settings = Settings.from_env(env, cwd=tmp_path)
+    # The worker runs in this process: count the messages it has handled, whatever the outcome.
+    handled = threading.Semaphore(0)
+
+    def count(**_: object) -> None:
+        handled.release()
+
+    task_postrun.connect(count, weak=False)
     os.environ.update(env)
     reset_settings()
     app.conf.update(celery_config(settings))
@@ -225,17 +264,17 @@ def test_celery_send_task_enqueues_through_a_real_broker(
             caller.send_task(
                 "jobtracker.track", kwargs={"kind": "bogus", "job_id": "x"}, queue="jobtracker"
             )
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and count_rows(pg_url) < 1:
-                time.sleep(0.1)
+            for _ in range(2):
+                assert handled.acquire(timeout=20)
             # The same job again (without metadata): the first row stays as it was.
             caller.send_task(
                 "jobtracker.track",
                 kwargs={"kind": "image_animate", "job_id": "from-celery"},
                 queue="jobtracker",
             )
-            time.sleep(1.0)  # let the duplicate and the bad message be processed too
+            assert handled.acquire(timeout=20)
     finally:
+        task_postrun.disconnect(count)
         for key in env:
             os.environ.pop(key, None)
         reset_settings()

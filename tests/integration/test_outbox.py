@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from sqlalchemy import event, func, select, update
 
 from jobtracker.models import TrackedJob, WebhookAttempt, WebhookDelivery, utcnow
 from tests.drive import drive
+from worker import clock
 from worker.db import get_engine, session_scope
 from worker.devtools.receiver import Receiver, Reply
 from worker.devtools.simulator import Simulator
@@ -78,10 +80,16 @@ def attempts(settings: Settings, delivery_id: str) -> list[WebhookAttempt]:
 
 
 def test_each_terminal_status_sends_one_verified_callback(
-    db_url: str, sim: Simulator, tmp_path: Path, delivered_now: list[str]
+    db_url: str,
+    sim: Simulator,
+    tmp_path: Path,
+    delivered_now: list[str],
+    advance_clock: Callable[[float], None],
 ) -> None:
     with Receiver(secrets=[OLD]) as rx:
-        settings = make(db_url, sim, tmp_path, JOBTRACKER_JOB_DEADLINE="2")
+        # The deadline is passed on the clock once the others have ended (a short real one
+        # expired succeed-2-w too on a busy machine).
+        settings = make(db_url, sim, tmp_path, JOBTRACKER_JOB_DEADLINE="60")
         sim.script("never", ["running"])
         for job_id in ("succeed-2-w", "fail-1-w", "cancel-1-w", "never"):
             track(
@@ -92,7 +100,14 @@ def test_each_terminal_status_sends_one_verified_callback(
                 settings=settings,
             )
         track("image_animate", "succeed-1-nocallback", settings=settings)
-        drive(settings, seconds=6)
+        with session_scope(settings) as session:
+            ids = session.execute(
+                select(TrackedJob.id).where(TrackedJob.job_id != "never")
+            ).scalars()
+            ending = list(ids)
+        drive(settings, jobs=ending)
+        advance_clock(61)
+        drive(settings)
         assert sorted(send_all(settings, delivered_now)) == ["delivered"] * 4
         messages = rx.wait_for(4, timeout=10)
     assert all(m.verified for m in messages)
@@ -113,7 +128,11 @@ def test_each_terminal_status_sends_one_verified_callback(
 
 
 def test_receiver_down_then_up_is_retried_with_the_same_id(
-    db_url: str, sim: Simulator, tmp_path: Path, delivered_now: list[str]
+    db_url: str,
+    sim: Simulator,
+    tmp_path: Path,
+    delivered_now: list[str],
+    advance_clock: Callable[[float], None],
 ) -> None:
     rx = Receiver(secrets=[OLD]).start()
     url = rx.url
@@ -129,12 +148,10 @@ def test_receiver_down_then_up_is_retried_with_the_same_id(
     rx.start()
     try:
         rx.script([503])
-        import time
-
         for _ in range(3):
-            time.sleep(0.35)
+            advance_clock(0.35)  # past the next retry (0.2 s)
             with session_scope(settings) as session:
-                due = deliver.due_deliveries(session, utcnow())
+                due = deliver.due_deliveries(session, clock.now(settings))
             for delivery_id in due:
                 deliver.deliver_one(delivery_id, settings)
         [message] = rx.wait_for(1, timeout=5)
@@ -202,7 +219,11 @@ def test_retries_run_out_and_the_message_stays_visible_as_failed(
 
 
 def test_a_crashed_sender_leaves_the_message_to_the_sweep(
-    db_url: str, sim: Simulator, tmp_path: Path, delivered_now: list[str]
+    db_url: str,
+    sim: Simulator,
+    tmp_path: Path,
+    delivered_now: list[str],
+    advance_clock: Callable[[float], None],
 ) -> None:
     with Receiver(secrets=[OLD]) as rx:
         settings = make(db_url, sim, tmp_path)
@@ -215,11 +236,9 @@ def test_a_crashed_sender_leaves_the_message_to_the_sweep(
                 update(WebhookDelivery).values(lease_expires_at=utcnow() + timedelta(seconds=0.3))
             )
         assert deliver.deliver_one(delivery_id, settings) is None  # leased: not ours
-        import time
-
-        time.sleep(0.4)
+        advance_clock(0.4)  # the dead sender's lease runs out
         with session_scope(settings) as session:
-            assert deliver.due_deliveries(session, utcnow()) == [delivery_id]
+            assert deliver.due_deliveries(session, clock.now(settings)) == [delivery_id]
         assert deliver.deliver_one(delivery_id, settings) == "delivered"
         [message] = rx.wait_for(1)
     assert message.msg_id == delivery_id
@@ -246,6 +265,7 @@ def test_no_secret_or_signature_in_logs(
     tmp_path: Path,
     delivered_now: list[str],
     caplog: pytest.LogCaptureFixture,
+    advance_clock: Callable[[float], None],
 ) -> None:
     caplog.set_level(logging.DEBUG)
     with Receiver(secrets=[OLD]) as rx:
@@ -255,9 +275,7 @@ def test_no_secret_or_signature_in_logs(
         drive(settings)
         [delivery_id] = delivered_now
         deliver.deliver_one(delivery_id, settings)
-        import time
-
-        time.sleep(0.3)
+        advance_clock(0.3)  # past the retry (0.2 s)
         deliver.deliver_one(delivery_id, settings)
         [message] = rx.wait_for(1)
     text = caplog.text

@@ -353,6 +353,7 @@ def test_no_secret_in_logs_errors_or_reprs(
         assert "Signature=" not in text
 
 
+@pytest.mark.serial  # a bound on wall time
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_dribbled_answer_is_cut_at_the_request_deadline(sim: Simulator, tmp_path: Path,
                                                           kind: str) -> None:  # fmt: skip

@@ -44,6 +44,7 @@ def acquire(limiter: RateLimiter, key: str, qps: float, max_wait_s: float) -> fl
     return None
 
 
+@pytest.mark.serial  # slots planned against wall time
 def test_workers_together_never_exceed_the_limit(new_store: Callable[[], Store]) -> None:
     qps, duration = 20.0, 2.0
     stamps: list[float] = []
@@ -74,6 +75,7 @@ def test_workers_together_never_exceed_the_limit(new_store: Callable[[], Store])
     assert rate >= qps * 0.85, rate
 
 
+@pytest.mark.serial  # slots planned against wall time
 def test_a_slot_too_far_away_is_refused_not_reserved(new_store: Callable[[], Store]) -> None:
     limiter = RateLimiter(new_store())
     assert acquire(limiter, "image_animate", 1.0, max_wait_s=0.0) is not None
@@ -82,6 +84,7 @@ def test_a_slot_too_far_away_is_refused_not_reserved(new_store: Callable[[], Sto
     assert time.monotonic() - started < 0.5
 
 
+@pytest.mark.serial  # slots planned against wall time
 def test_batches_share_slots_and_a_refusal_slows_every_worker(
     new_store: Callable[[], Store],
 ) -> None:

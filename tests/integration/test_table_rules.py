@@ -5,7 +5,7 @@ row gets a deadline, polled or not."""
 from __future__ import annotations
 
 import logging
-import time
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -31,6 +31,14 @@ def engine(db_url: str) -> Engine:
     return make_engine(db_url)
 
 
+@pytest.fixture
+def shared_engine(module_db_url: str) -> Iterator[Engine]:
+    """The module's database, for statements that are rolled back (see ``refused_then_undone``)."""
+    engine = make_engine(module_db_url)
+    yield engine
+    engine.dispose()
+
+
 def refused(engine: Engine, sql: str) -> bool:
     try:
         with engine.begin() as conn:
@@ -39,6 +47,21 @@ def refused(engine: Engine, sql: str) -> bool:
         # The message names the rule (or the column's length, which VARCHAR checks itself).
         assert "ck_tracked_jobs_" in str(exc) or "too long" in str(exc), exc
         return True
+    return False
+
+
+def refused_then_undone(engine: Engine, sql: str) -> bool:
+    """Whether the database refuses ``sql``; a statement it accepts is rolled back, so the
+    database is left as it was (the rules are checked per statement, not at commit)."""
+    with engine.connect() as conn:
+        transaction = conn.begin()
+        try:
+            conn.execute(text(sql))
+        except DBAPIError as exc:
+            assert "ck_tracked_jobs_" in str(exc) or "too long" in str(exc), exc
+            return True
+        finally:
+            transaction.rollback()
     return False
 
 
@@ -68,9 +91,9 @@ def row(kind: str = "image_animate", region: str = "ap-guangzhou", job_id: str =
         row(job_id="tab\tinside"),
     ],
 )
-def test_a_plain_sql_insert_that_breaks_a_rule_is_refused(engine: Engine, sql: str) -> None:
-    assert refused(engine, sql)
-    with engine.connect() as conn:
+def test_a_plain_sql_insert_that_breaks_a_rule_is_refused(shared_engine: Engine, sql: str) -> None:
+    assert refused_then_undone(shared_engine, sql)
+    with shared_engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM tracked_jobs")).scalar_one() == 0
 
 
@@ -91,10 +114,12 @@ def test_plain_sql_inserts_within_the_rules_pass(engine: Engine) -> None:
      "ab-1-2-3-4", "a-b", "ab", "ab-", "-ab", "ab--c", "Ab-c", "ab-C", "ab_c", "ab-c d", "1b-c",
      "abc1-x", "ab-" + "x" * 70],
 )  # fmt: skip
-def test_the_region_rule_agrees_with_the_enqueue_validator(engine: Engine, region: str) -> None:
+def test_the_region_rule_agrees_with_the_enqueue_validator(
+    shared_engine: Engine, region: str
+) -> None:
     """SQLite has no regular expressions: its spelled-out rule must say what REGION_RE says."""
     ok = bool(REGION_RE.match(region)) and len(region) <= 64
-    assert refused(engine, row(region=region)) is not ok
+    assert refused_then_undone(shared_engine, row(region=region)) is not ok
 
 
 def test_rows_that_broke_a_rule_before_it_existed_are_ended_or_kept(
@@ -142,7 +167,7 @@ def test_rows_that_broke_a_rule_before_it_existed_are_ended_or_kept(
 
 
 def test_a_row_inserted_while_its_provider_is_paused_expires_at_its_deadline(
-    db_url: str, tmp_path: Path
+    db_url: str, tmp_path: Path, advance_clock: Callable[[float], None]
 ) -> None:
     """Its deadline counts from created_at although it is never polled."""
     settings = Settings.from_env(
@@ -158,7 +183,7 @@ def test_a_row_inserted_while_its_provider_is_paused_expires_at_its_deadline(
         job = session.execute(select(TrackedJob)).scalar_one()
         assert job.deadline_at is not None and job.status == "pending"
         assert job.deadline_at == job.created_at + timedelta(seconds=1)
-    time.sleep(1.2)
+    advance_clock(1.2)  # past its deadline
     step(settings)
     with session_scope(settings) as session:
         job = session.execute(select(TrackedJob)).scalar_one()

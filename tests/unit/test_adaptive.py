@@ -41,8 +41,11 @@ def test_jobs_that_never_finished_are_right_censored() -> None:
     at_60 = cell_of(60.0)
     assert learned.survival()[at_60] == pytest.approx(0.1, abs=0.02)
     assert learned.beyond > 0
-    late = learned.quantile(0.95)
-    assert late is None or late > 60
+    # Past the 90 % that finished within 60 s, the quantiles lie beyond 60 s; the 5 % of mass
+    # past the grid has no age at all.
+    late = learned.quantile(0.93)
+    assert late is not None and late > 60
+    assert learned.quantile(0.99) is None
 
 
 def test_recent_jobs_weigh_more() -> None:

@@ -354,6 +354,10 @@ class Simulator:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog is 5: a sixth client connecting at once, before the accept
+    # loop runs (a busy machine), has its SYN dropped and retried a second later, past a test's
+    # connect timeout. Workers open a connection per thread (8 by default).
+    request_queue_size = 64
     simulator: Simulator
 
     def handle_error(self, request: Any, client_address: Any) -> None:
