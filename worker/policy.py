@@ -145,10 +145,22 @@ class RatePolicy:
     """How fast a provider is called: never above the configured QPS (the ceiling), and at
     what the provider accepts below it (additive increase, multiplicative decrease).
 
-    Pacing: slots are ``1 / (rate * (1 - margin))`` seconds apart, shared by every worker, so no
-    1-second window holds more than ``rate`` calls; a slot a caller reaches more than
-    ``late_tolerance`` of an interval late is dropped, never fired late (two late calls fired back
-    to back would put two calls where the provider counts one).
+    Pacing: slots are ``interval = (1 + slack) / rate`` seconds apart, shared by every worker,
+    and a call goes within ``allowance = spread * slack`` of its slot, before or after it (a slot
+    reached later is dropped, never fired late). A 1-second window then only holds calls whose
+    slots lie within ``1 + 2 * allowance`` s of one another, at most ``floor((1 + 2 * allowance)
+    / interval) + 1`` of them, which is at most ``rate`` (an integer rate) because ``2 *
+    allowance < slack``: whatever the rate, the number of workers and how their calls
+    interleave. ``slack - 2 * allowance`` is left for the way to the provider (signing, the
+    network).
+
+    ``slack = max(margin / (1 - margin), min(max_slack, ceiling / ample_qps - 1))``. While the
+    ceiling could bind (up to ``ample_qps``) that is ``margin / (1 - margin)``, so ``interval = 1
+    / (rate * (1 - margin))``: with a 2 % margin a call goes within 8 ms of its slot, and 4 ms are
+    left. Above ``ample_qps`` (more calls per second than a deployment of jobtracker makes) the
+    ceiling cannot bind, and the slack grows with it: the pace still allows ``ceiling / (1 +
+    slack)``, ``ample_qps`` or more, while its slots lie microseconds apart and a call may go up
+    to ``spread * max_slack`` (3.6 s) from its slot, so a whole batch goes out on one reservation.
 
     Adapting, with ``rate`` starting at the ceiling and ``run`` counting refusals in a row:
 
@@ -167,7 +179,9 @@ class RatePolicy:
     """
 
     margin: float = 0.02
-    late_tolerance: float = 0.25
+    spread: float = 0.4
+    ample_qps: float = 10_000.0
+    max_slack: float = 9.0
     cut: float = 0.05
     max_cut: float = 0.5
     fast_step: float = 0.25
@@ -175,8 +189,22 @@ class RatePolicy:
     approach: float = 0.9
     min_fraction: float = 0.02
 
-    def interval(self, rate: float) -> float:
-        return 1.0 / (rate * (1.0 - self.margin))
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.spread < 0.5:
+            raise ValueError(f"spread must be in [0, 0.5) for the window bound, got {self.spread}")
+
+    def slack(self, ceiling: float) -> float:
+        return max(
+            self.margin / (1.0 - self.margin), min(self.max_slack, ceiling / self.ample_qps - 1.0)
+        )
+
+    def interval(self, rate: float, ceiling: float) -> float:
+        """Seconds between two slots at ``rate`` (a provider configured at ``ceiling``)."""
+        return (1.0 + self.slack(ceiling)) / rate
+
+    def allowance(self, ceiling: float) -> float:
+        """How far from its slot a call may go, before or after it, in seconds."""
+        return self.spread * self.slack(ceiling)
 
     def floor(self, ceiling: float) -> float:
         return max(0.01, self.min_fraction * ceiling)
