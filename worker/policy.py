@@ -146,21 +146,22 @@ class RatePolicy:
     what the provider accepts below it (additive increase, multiplicative decrease).
 
     Pacing: slots are ``interval = (1 + slack) / rate`` seconds apart, shared by every worker,
-    and a call goes within ``allowance = spread * slack`` of its slot, before or after it (a slot
-    reached later is dropped, never fired late). A 1-second window then only holds calls whose
-    slots lie within ``1 + 2 * allowance`` s of one another, at most ``floor((1 + 2 * allowance)
-    / interval) + 1`` of them, which is at most ``rate`` (an integer rate) because ``2 *
-    allowance < slack``: whatever the rate, the number of workers and how their calls
-    interleave. ``slack - 2 * allowance`` is left for the way to the provider (signing, the
-    network).
+    and a call goes at most ``early * slack`` before its slot and at most ``late * slack`` after
+    it (a slot reached later is dropped, never fired late). A 1-second window then only holds
+    calls whose slots lie within ``1 + (early + late) * slack`` s of one another, at most
+    ``floor((1 + (early + late) * slack) / interval) + 1`` of them, which is at most ``rate``
+    (an integer rate) because ``early + late < 1``: whatever the rate, the number of workers and
+    how their calls interleave. The rest of the slack, ``(1 - early - late) * slack``, is left
+    for the way to the provider (signing, the network, a thread that waits for the CPU).
 
     ``slack = max(margin / (1 - margin), min(max_slack, ceiling / ample_qps - 1))``. While the
     ceiling could bind (up to ``ample_qps``) that is ``margin / (1 - margin)``, so ``interval = 1
-    / (rate * (1 - margin))``: with a 2 % margin a call goes within 8 ms of its slot, and 4 ms are
+    / (rate * (1 - margin))``: with a 2 % margin, 20.4 ms of slack, a call goes up to 12 ms after
+    its slot (never before: going early buys nothing when a slot is reserved ahead) and 8 ms are
     left. Above ``ample_qps`` (more calls per second than a deployment of jobtracker makes) the
     ceiling cannot bind, and the slack grows with it: the pace still allows ``ceiling / (1 +
     slack)``, ``ample_qps`` or more, while its slots lie microseconds apart and a call may go up
-    to ``spread * max_slack`` (3.6 s) from its slot, so a whole batch goes out on one reservation.
+    to ``late * max_slack`` (5.4 s) after its slot, so a whole batch goes out on one reservation.
 
     Adapting, with ``rate`` starting at the ceiling and ``run`` counting refusals in a row:
 
@@ -179,7 +180,8 @@ class RatePolicy:
     """
 
     margin: float = 0.02
-    spread: float = 0.4
+    early: float = 0.0
+    late: float = 0.6
     ample_qps: float = 10_000.0
     max_slack: float = 9.0
     cut: float = 0.05
@@ -190,8 +192,8 @@ class RatePolicy:
     min_fraction: float = 0.02
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.spread < 0.5:
-            raise ValueError(f"spread must be in [0, 0.5) for the window bound, got {self.spread}")
+        if not (self.early >= 0.0 and self.late >= 0.0 and self.early + self.late < 1.0):
+            raise ValueError("early + late must be below 1 for the window bound")
 
     def slack(self, ceiling: float) -> float:
         return max(
@@ -202,9 +204,13 @@ class RatePolicy:
         """Seconds between two slots at ``rate`` (a provider configured at ``ceiling``)."""
         return (1.0 + self.slack(ceiling)) / rate
 
-    def allowance(self, ceiling: float) -> float:
-        """How far from its slot a call may go, before or after it, in seconds."""
-        return self.spread * self.slack(ceiling)
+    def early_s(self, ceiling: float) -> float:
+        """How long before its slot a call may go."""
+        return self.early * self.slack(ceiling)
+
+    def late_s(self, ceiling: float) -> float:
+        """How long after its slot a call may still go."""
+        return self.late * self.slack(ceiling)
 
     def floor(self, ceiling: float) -> float:
         return max(0.01, self.min_fraction * ceiling)

@@ -77,12 +77,12 @@ def test_calls_anywhere_within_the_allowance_never_overfill_a_window(
     ceiling: float, ample_qps: float
 ) -> None:
     """The bound of RatePolicy's docstring, on the slots ``plan`` hands out to batches of any
-    size: a 1-second window holds the calls whose slots lie within ``1 + 2 * allowance`` s of
+    size: a 1-second window holds the calls whose slots lie within ``1 + early_s + late_s`` s of
     each other (the earliest fired as late, the last as early as allowed), never more than the
     rate; and that rate is still nearly all used. Above ``ample_qps`` the slack (and with it the
-    allowance) grows, and ``ample_qps`` stays allowed."""
+    allowances) grows, and ``ample_qps`` stays allowed."""
     policy = RatePolicy(ample_qps=ample_qps)
-    reach = 1.0 + 2 * policy.allowance(ceiling)
+    reach = 1.0 + policy.early_s(ceiling) + policy.late_s(ceiling)
     draw = random.Random(7)
     pace, now, slots = None, 0.0, list[float]()
     while now < 12.0:
@@ -97,9 +97,9 @@ def test_calls_anywhere_within_the_allowance_never_overfill_a_window(
     used = len([s for s in slots if s < 10.0]) / 10.0
     assert used >= min(ceiling * 0.97, ample_qps), used
     if ceiling > ample_qps:
-        assert policy.allowance(ceiling) > 1.0  # a batch goes out on one reservation
+        assert policy.late_s(ceiling) > 1.0  # a batch goes out on one reservation
     else:
-        assert policy.allowance(ceiling) == pytest.approx(0.4 * 0.02 / 0.98)
+        assert policy.late_s(ceiling) == pytest.approx(0.6 * 0.02 / 0.98)
 
 
 def test_one_refusal_costs_a_little_rate_and_successes_win_it_back() -> None:

@@ -4,7 +4,7 @@ The pace is a slot pointer (the GCRA "theoretical arrival time": the next free s
 adaptive rate (:class:`~worker.policy.RatePolicy`: never above the configured QPS, cut a little on
 each ``RequestLimitExceeded``, raised back with each success). A poll batch reserves a short run
 of slots (:meth:`RateLimiter.reserve`, a fraction of a second's worth, so a cut takes effect at
-once), calls within the policy's allowance of each slot, drops a slot it reached too late, and
+once), calls within the policy's allowances of each slot, drops a slot it reached too late, and
 tells the pace how the calls went: answers with its next reservation (one transaction),
 refusals at once (:meth:`RateLimiter.report`).
 
@@ -324,7 +324,7 @@ def get_rate_limiter(settings: Settings) -> RateLimiter:
 
 class Pacer:
     """One poll batch's use of a provider's pace: slots a fraction of a second at a time, each
-    call within the policy's allowance of its slot (a slot reached later is dropped), answers
+    call within the policy's allowances of its slot (a slot reached later is dropped), answers
     told with the next reservation, refusals at once.
 
     One store transaction per reservation: at a real quota a reservation holds the next
@@ -351,20 +351,22 @@ class Pacer:
         self.trips = 0
         self._slots: list[float] = []
         self._next = 0
-        self._allowance = limiter.policy.allowance(ceiling)
+        self._early_s = limiter.policy.early_s(ceiling)
+        self._late_s = limiter.policy.late_s(ceiling)
         self._answered = 0
 
     def next_slot(self, wanted: int) -> float | None:
-        """The ``time.monotonic()`` instant the next call may go (now, when its slot is within
-        the allowance), or None when the next free slot is over ``max_wait_s`` away.
+        """The ``time.monotonic()`` instant the next call may go (its slot, or now if the slot
+        is past or within the policy's early allowance), or None when the next free slot is over
+        ``max_wait_s`` away.
         ``wanted``: calls this batch still means to make."""
         for _ in range(3):
             now = time.monotonic()
             while self._next < len(self._slots):
                 slot = self._slots[self._next]
                 self._next += 1
-                if now - slot <= self._allowance:
-                    return slot if slot - now > self._allowance else now
+                if now - slot <= self._late_s:
+                    return slot if slot - now > self._early_s else now
                 self.dropped += 1  # fired late it would land next to the following call
             answered, self._answered = self._answered, 0
             self.trips += 1
