@@ -260,10 +260,11 @@ def qps_env(qps: float) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def tracker(env: dict[str, str], name: str = "tracker") -> Iterator[Tracker]:
-    """The real ``jobtracker run`` in a subprocess (stopped with SIGTERM, killed if stuck)."""
+def tracker(env: dict[str, str], name: str = "tracker", *args: str) -> Iterator[Tracker]:
+    """The real ``jobtracker run [args]`` in a subprocess (stopped with SIGTERM, killed if
+    stuck)."""
     with tempfile.TemporaryDirectory(prefix="jt-bench-") as folder:
-        proc = Tracker(env, Path(folder), name).start()
+        proc = Tracker(env, Path(folder), name).start(*args)
         try:
             yield proc
         finally:

@@ -145,10 +145,23 @@ class RatePolicy:
     """How fast a provider is called: never above the configured QPS (the ceiling), and at
     what the provider accepts below it (additive increase, multiplicative decrease).
 
-    Pacing: slots are ``1 / (rate * (1 - margin))`` seconds apart, shared by every worker, so no
-    1-second window holds more than ``rate`` calls; a slot a caller reaches more than
-    ``late_tolerance`` of an interval late is dropped, never fired late (two late calls fired back
-    to back would put two calls where the provider counts one).
+    Pacing: slots are ``interval = (1 + slack) / rate`` seconds apart, shared by every worker,
+    and a call goes at most ``early * slack`` before its slot and at most ``late * slack`` after
+    it (a slot reached later is dropped, never fired late). A 1-second window then only holds
+    calls whose slots lie within ``1 + (early + late) * slack`` s of one another, at most
+    ``floor((1 + (early + late) * slack) / interval) + 1`` of them, which is at most ``rate``
+    (an integer rate) because ``early + late < 1``: whatever the rate, the number of workers and
+    how their calls interleave. The rest of the slack, ``(1 - early - late) * slack``, is left
+    for the way to the provider (signing, the network, a thread that waits for the CPU).
+
+    ``slack = max(margin / (1 - margin), min(max_slack, ceiling / ample_qps - 1))``. While the
+    ceiling could bind (up to ``ample_qps``) that is ``margin / (1 - margin)``, so ``interval = 1
+    / (rate * (1 - margin))``: with a 2 % margin, 20.4 ms of slack, a call goes up to 12 ms after
+    its slot (never before: going early buys nothing when a slot is reserved ahead) and 8 ms are
+    left. Above ``ample_qps`` (more calls per second than a deployment of jobtracker makes) the
+    ceiling cannot bind, and the slack grows with it: the pace still allows ``ceiling / (1 +
+    slack)``, ``ample_qps`` or more, while its slots lie microseconds apart and a call may go up
+    to ``late * max_slack`` (5.4 s) after its slot, so a whole batch goes out on one reservation.
 
     Adapting, with ``rate`` starting at the ceiling and ``run`` counting refusals in a row:
 
@@ -167,7 +180,10 @@ class RatePolicy:
     """
 
     margin: float = 0.02
-    late_tolerance: float = 0.25
+    early: float = 0.0
+    late: float = 0.6
+    ample_qps: float = 10_000.0
+    max_slack: float = 9.0
     cut: float = 0.05
     max_cut: float = 0.5
     fast_step: float = 0.25
@@ -175,8 +191,26 @@ class RatePolicy:
     approach: float = 0.9
     min_fraction: float = 0.02
 
-    def interval(self, rate: float) -> float:
-        return 1.0 / (rate * (1.0 - self.margin))
+    def __post_init__(self) -> None:
+        if not (self.early >= 0.0 and self.late >= 0.0 and self.early + self.late < 1.0):
+            raise ValueError("early + late must be below 1 for the window bound")
+
+    def slack(self, ceiling: float) -> float:
+        return max(
+            self.margin / (1.0 - self.margin), min(self.max_slack, ceiling / self.ample_qps - 1.0)
+        )
+
+    def interval(self, rate: float, ceiling: float) -> float:
+        """Seconds between two slots at ``rate`` (a provider configured at ``ceiling``)."""
+        return (1.0 + self.slack(ceiling)) / rate
+
+    def early_s(self, ceiling: float) -> float:
+        """How long before its slot a call may go."""
+        return self.early * self.slack(ceiling)
+
+    def late_s(self, ceiling: float) -> float:
+        """How long after its slot a call may still go."""
+        return self.late * self.slack(ceiling)
 
     def floor(self, ceiling: float) -> float:
         return max(0.01, self.min_fraction * ceiling)

@@ -34,10 +34,11 @@ class Tracker:
         self.log_path = cwd / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Tracker:
+    def start(self, *args: str) -> Tracker:
+        """Start ``jobtracker run`` with ``args`` (``--no-beat``...)."""
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "run"],
+            [sys.executable, "-m", "worker", "run", *args],
             env=self.env,
             cwd=self.cwd,
             stdout=log,

@@ -80,8 +80,11 @@ def test_with_history_the_first_poll_waits_until_finishes_start(
     settings = settings_for(db_url, sim, tmp_path)
     seed_history(settings)
     track(KIND, "succeed-1-new", settings=settings)
+    left = {"kind": KIND, "reason": "first_poll_deferred"}
+    left_before = REGISTRY.get_sample_value("jobtracker_polls_left_total", left) or 0.0
     step(settings)
     assert sim.calls("succeed-1-new") == 0  # no call at enqueue: nothing finishes that early
+    assert REGISTRY.get_sample_value("jobtracker_polls_left_total", left) == left_before + 1
     fresh = job(settings, "succeed-1-new")
     first = (fresh.next_poll_at - fresh.created_at).total_seconds()
     assert fresh.polls == 0 and 10 < first < 25, first

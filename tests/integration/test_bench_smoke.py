@@ -117,6 +117,13 @@ SCRIPTS: dict[str, dict[str, Band]] = {
         "wait_commit_to_response_p50_ms": MS,
         "wait_commit_to_response_p99_ms": MS,
     },
+    "scale_out.py": {
+        "polls_per_s_one_process",
+        "polls_per_s_two_processes",
+        "ratio_two_to_one",
+        "machine_busy_cores_one_process",
+        "machine_busy_cores_two_processes",
+    },
     "webhook_latency.py": {
         "latency_p50_ms": MS,
         "latency_p99_ms": MS,

@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select, update
 
 from jobtracker.models import JobTransition, ProviderState, TrackedJob, utcnow
@@ -174,7 +175,11 @@ def test_a_wrong_secret_pauses_the_provider_and_a_probe_resumes_it(
     for n in range(5):
         track("video_face_fusion", f"succeed-1-auth{n}", settings=bad)
     track("image_animate", "succeed-1-other", settings=bad)
+    left = {"kind": "video_face_fusion", "reason": "provider_paused"}
+    left_before = REGISTRY.get_sample_value("jobtracker_polls_left_total", left) or 0.0
     step(bad)
+    # The rest of the batch is left unasked, and counted as such.
+    assert REGISTRY.get_sample_value("jobtracker_polls_left_total", left) == left_before + 4
     jobs = jobs_by_id(bad)
     paused = [jobs[f"succeed-1-auth{n}"] for n in range(5)]
     assert all(j.status == "pending" for j in paused), "a configuration error is never terminal"

@@ -13,9 +13,12 @@ import pytest
 
 from worker.providers.ratelimit import (
     DatabaseStore,
+    Pace,
+    Pacer,
     RateLimiter,
     RedisStore,
     Store,
+    T,
     get_rate_limiter,
 )
 from worker.settings import Settings
@@ -106,6 +109,62 @@ def test_batches_share_slots_and_a_refusal_slows_every_worker(
     )
     # Answers win the rate back, never above the configured ceiling.
     assert b.report("k", 10.0, ok=1000).rate == 10.0
+
+
+class Counted:
+    """A store that counts its transactions (each one round trip to Redis or the database)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.trips = 0
+
+    def transact(
+        self, key: str, change: Callable[[Pace | None, float], tuple[Pace, T]]
+    ) -> tuple[T, float]:
+        self.trips += 1
+        return self.store.transact(key, change)
+
+
+def test_a_batch_goes_out_on_one_reservation_where_the_ceiling_cannot_bind(
+    new_store: Callable[[], Store],
+) -> None:
+    """At a QPS far above what any deployment calls, slots are microseconds apart and each call
+    may go seconds from its slot: 50 calls of a few milliseconds each make one transaction for
+    their slots and one for their answers (there were two per call)."""
+    store = Counted(new_store())
+    pacer = Pacer(RateLimiter(store), "k", 1_000_000.0, max_wait_s=1.0)
+    for left in range(50, 0, -1):
+        instant = pacer.next_slot(left)
+        assert instant is not None
+        time.sleep(max(0.0, instant - time.monotonic()) + 0.002)  # its slot, then the call
+        pacer.answered()
+    pacer.close()
+    assert (store.trips, pacer.dropped) == (2, 0)
+
+
+def test_answers_go_with_the_next_reservation_and_a_refusal_at_once(
+    new_store: Callable[[], Store],
+) -> None:
+    store = Counted(new_store())
+    limiter = RateLimiter(store)
+    limiter.report("k", 20.0, throttled=1)  # below the ceiling: answers move the rate
+    before = limiter.rate("k", 20.0)
+    pacer = Pacer(limiter, "k", 20.0, max_wait_s=1.0)
+    trips = store.trips
+    for left in range(5, 0, -1):  # a quarter of a second's slots: one reservation
+        instant = pacer.next_slot(left)
+        assert instant is not None
+        time.sleep(max(0.0, instant - time.monotonic()))
+        pacer.answered()
+    assert store.trips == trips + 1
+    assert limiter.rate("k", 20.0) == before  # the answers are not told yet
+    trips = store.trips
+    assert pacer.next_slot(5) is not None
+    assert store.trips == trips + 1  # ... they go with the next reservation
+    assert limiter.rate("k", 20.0) > before
+    trips = store.trips
+    assert pacer.refused().rate < before  # a refusal is told at once
+    assert store.trips == trips + 1
 
 
 def test_the_limiter_is_shared_whatever_the_broker(tmp_path: Path, redis_url: str) -> None:

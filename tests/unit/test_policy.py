@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import bisect
+import random
 from collections import deque
 
 import pytest
@@ -65,6 +67,39 @@ def test_the_pace_keeps_a_margin_below_the_rate() -> None:
     _, _, count, interval = plan(None, 0.0, 20, 100, max_wait_s=1, span_s=1, policy=RatePolicy())
     assert interval == pytest.approx(1 / 19.6)
     assert count == 20  # 0 .. 19 * 51 ms, all within the first second
+
+
+@pytest.mark.parametrize(
+    ("ceiling", "ample_qps"), [(1.0, 10_000.0), (20.0, 10_000.0), (997.0, 10_000.0),
+                               (500.0, 100.0), (5_000.0, 100.0)],
+)  # fmt: skip
+def test_calls_anywhere_within_the_allowance_never_overfill_a_window(
+    ceiling: float, ample_qps: float
+) -> None:
+    """The bound of RatePolicy's docstring, on the slots ``plan`` hands out to batches of any
+    size: a 1-second window holds the calls whose slots lie within ``1 + early_s + late_s`` s of
+    each other (the earliest fired as late, the last as early as allowed), never more than the
+    rate; and that rate is still nearly all used. Above ``ample_qps`` the slack (and with it the
+    allowances) grows, and ``ample_qps`` stays allowed."""
+    policy = RatePolicy(ample_qps=ample_qps)
+    reach = 1.0 + policy.early_s(ceiling) + policy.late_s(ceiling)
+    draw = random.Random(7)
+    pace, now, slots = None, 0.0, list[float]()
+    while now < 12.0:
+        pace, wait, count, interval = plan(pace, now, ceiling, draw.randint(1, 60),
+                                           max_wait_s=10, span_s=0.25, policy=policy)  # fmt: skip
+        slots += [now + wait + i * interval for i in range(count)]
+        now += wait + draw.random() * count * interval
+    slots.sort()
+    end = bisect.bisect_right
+    worst = max(end(slots, first + reach) - i for i, first in enumerate(slots))
+    assert worst <= ceiling, (worst, reach)
+    used = len([s for s in slots if s < 10.0]) / 10.0
+    assert used >= min(ceiling * 0.97, ample_qps), used
+    if ceiling > ample_qps:
+        assert policy.late_s(ceiling) > 1.0  # a batch goes out on one reservation
+    else:
+        assert policy.late_s(ceiling) == pytest.approx(0.6 * 0.02 / 0.98)
 
 
 def test_one_refusal_costs_a_little_rate_and_successes_win_it_back() -> None:

@@ -1,6 +1,10 @@
 """Poll a batch of claimed jobs: ask the provider for each, then write every outcome at once.
 
-Per job: wait for a slot of the provider's shared pace, query, classify the answer
+The batch loads the claimed rows it still owns, then gives each job its turn, a sequence of
+stages (:data:`STAGES`): still asking (the provider not paused or resting, the process not
+stopping), the first poll not put off, the job's due time reached, a slot of the provider's
+shared pace in time for the lease, the call. Any stage may leave the job unasked, with a reason
+(:class:`Left`, counted by kind and reason); an asked job's answer is classified
 (:mod:`worker.flow.outcome` decides what it means). The provider's client (and its connections)
 is shared by the batch; the writes go in one transaction at the end.
 
@@ -16,9 +20,10 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import select
@@ -70,6 +75,34 @@ def stop_soon() -> None:
     http.cut_all()
 
 
+class Left(StrEnum):
+    """Why a claimed job was left unasked in a batch (released to be polled again later, or
+    expired if past its deadline); counted in ``jobtracker_polls_left_total{kind,reason}``."""
+
+    #: A configuration error paused the provider earlier in the batch: asked again at the probe.
+    PROVIDER_PAUSED = "provider_paused"
+    #: The provider refuses every call and rests: asked again when the rest is over.
+    PROVIDER_RESTING = "provider_resting"
+    #: The process is stopping: another worker (or this one, restarted) asks it right away.
+    SHUTTING_DOWN = "shutting_down"
+    #: Not polled yet, and its kind rarely finishes this early: put off to its first poll.
+    FIRST_POLL_DEFERRED = "first_poll_deferred"
+    #: The provider's shared pace has no slot within the wait a batch may take.
+    NO_RATE_SLOT = "no_rate_slot"
+    #: Its slot comes too late for the answer to be written before the lease ends.
+    LEASE_TOO_SHORT = "lease_too_short"
+    #: The shared pace cannot be read (Redis or the database away): no call without it.
+    LIMITER_UNAVAILABLE = "limiter_unavailable"
+
+
+@dataclass(frozen=True)
+class Leave:
+    """A stage's verdict on a job: not asked in this batch, why, and when it is due again."""
+
+    reason: Left
+    at: datetime
+
+
 #: One claim as a poll task carries it: (tracked job id, lease, due time); no due time: now.
 ClaimItem = tuple[int, datetime] | tuple[int, datetime, datetime]
 
@@ -107,100 +140,211 @@ def poll_batch(
         return _poll_batch(kind, region, claims, settings, rand)
 
 
+@dataclass
+class _Batch:
+    """What the stages of one batch share."""
+
+    kind: str
+    region: str
+    settings: Settings
+    policy: PollPolicy
+    rand: Any
+    pacer: Pacer
+    report: BatchReport
+    #: The outcomes not written yet; a job's is appended as its turn comes.
+    outcomes: list[Outcome] = field(default_factory=list)
+    #: A paused provider's batch is its probe: an answer resumes the provider.
+    probing: bool = False
+    client: ProviderClient | None = None
+    #: Until when, and why, this batch asks no more (the provider paused or resting, the
+    #: limiter away).
+    halt: Leave | None = None
+    provider_ok: bool = False
+    #: None until the first call: an answer right after a refusal ends the run of refusals.
+    answered_last: bool | None = None
+
+
+@dataclass
+class _Turn:
+    """One job's turn in the batch."""
+
+    outcome: Outcome
+    due: datetime | None
+    #: Calls the batch still means to make, this one included.
+    wanted: int
+    #: The database's time, read at the start of the turn and again after waiting for it.
+    now: datetime
+
+
 def _poll_batch(
     kind: str, region: str, claims: Sequence[ClaimItem], settings: Settings, rand: Any
 ) -> BatchReport:
-    report = BatchReport()
-    policy = PollPolicy.from_settings(settings)
     with session_scope(settings) as session:
         owned = load_claimed(session, claims)
         state = provider_state.load_states(session).get(kind)
-    report.skipped = len(claims) - len(owned)
-    probing = state is not None and state.paused
-    client: ProviderClient | None = None
-    pacer = Pacer(
-        get_rate_limiter(settings),
-        kind,
-        settings.qps[kind],
-        max_wait_s=settings.tick_seconds * MAX_SLOT_WAIT_TICKS,
+    batch = _Batch(
+        kind=kind,
+        region=region,
+        settings=settings,
+        policy=PollPolicy.from_settings(settings),
+        rand=rand,
+        pacer=Pacer(
+            get_rate_limiter(settings),
+            kind,
+            settings.qps[kind],
+            max_wait_s=settings.tick_seconds * MAX_SLOT_WAIT_TICKS,
+        ),
+        report=BatchReport(skipped=len(claims) - len(owned)),
+        probing=state is not None and state.paused,
     )
-    # A request may take connect + read timeout in all, and the batch must still be written.
-    needed_s = settings.request_deadline_s + settings.lease_margin_s
-    stop_until: datetime | None = None
-    outcomes: list[Outcome] = []
-    provider_ok = False
-    # None until the first call: an answer right after a refusal ends the run of refusals.
-    answered_last: bool | None = None
-
     for index, (job, lease, due) in enumerate(owned):
-        now = clock.now(settings)
-        outcome = Outcome(job=job, lease=lease)
-        outcomes.append(outcome)
-        if stop_until is not None or _stopping.is_set():
-            # Paused or resting: cannot ask; shutting down: another worker asks right away.
-            _release(outcome, settings, now, at=stop_until or now)
-            continue
-        first = first_poll_at(job, settings) if job.polls == 0 else None
-        if first is not None and first > now + timedelta(seconds=FIRST_POLL_SLACK_S):
-            # Not polled yet, and its kind rarely finishes this early: no call until then.
-            _release(outcome, settings, now, at=first)
-            report.deferred += 1
-            continue
-        if due is not None and due > now:
-            # Claimed ahead of its time (due before the next tick): wait for its instant, but
-            # first write the status changes answered so far.
-            news = any(o.to_status is not None for o in outcomes[:-1])
-            if news and (due - now).total_seconds() > FLUSH_BEFORE_WAIT_S:
-                _finish(kind, outcomes[:-1], settings, report, resume=probing and provider_ok,
-                        answered=answered_last is True)  # fmt: skip
-                del outcomes[:-1]
-                probing = probing and not provider_ok  # a resumed provider stays resumed
-            if _stopping.wait((due - now).total_seconds()):
-                _release(outcome, settings, now, at=due)
-                continue
-            now = clock.now(settings)
-        try:
-            slot = pacer.next_slot(len(owned) - index)
-        except Exception as exc:  # the shared limiter is away: do not poll blind
-            log.warning("rate limiter unavailable: %s", exc)
-            stop_until = now + timedelta(seconds=RELEASE_DELAY_S * (1 + rand()))
-            _release(outcome, settings, now, at=stop_until)
-            continue
-        # The lease in this process's time: the answer must come and be written before it ends.
-        lease_left_s = (lease - now).total_seconds()
-        if slot is None or slot - time.monotonic() + needed_s > lease_left_s:
-            _release(
-                outcome, settings, now, at=now + timedelta(seconds=RELEASE_DELAY_S * (1 + rand()))
-            )
-            continue
-        if _stopping.wait(max(0.0, slot - time.monotonic())):
-            _release(outcome, settings, now, at=now)
-            continue
-        outcome.polled, outcome.polled_at = True, clock.now(settings)
-        with log_context(job_id=job.job_id, tracked_job_id=job.id):
-            client, stop_until, ok = _ask(kind, region, client, outcome, pacer, settings)
-        if _stopping.is_set() and outcome.error is not None and outcome.answer is None:
-            # Cut by the shutdown, not failed by the provider: not a poll.
-            outcome.polled, outcome.error, outcome.error_class = False, None, None
-            _release(outcome, settings, now, at=now)
-            continue
-        provider_ok = provider_ok or ok
-        refused = isinstance(outcome.error, ThrottledError)
-        if answered_last is False and not refused and outcome.polled:
-            # An answer right after a refusal: the run of refusals is over, now (a batch can
-            # hold many refusals among its answers, and each must not count as one in a row).
-            with session_scope(settings) as session:
-                provider_state.clear_throttle(session, kind, clock.now(settings))
-        answered_last = not refused
-        decide(outcome, settings, policy, clock.now(settings))
-        metrics.record_poll(kind, outcome.error, outcome.error_class)
+        turn = _Turn(Outcome(job=job, lease=lease), due, len(owned) - index, clock.now(settings))
+        batch.outcomes.append(turn.outcome)
+        _take_turn(batch, turn)
+    return _close(batch)
 
+
+def _take_turn(batch: _Batch, turn: _Turn) -> None:
+    """The job's stages in order (:data:`STAGES`); the first to leave it ends its turn."""
+    for stage in STAGES:
+        leave = stage(batch, turn)
+        if leave is not None:
+            _release(turn.outcome, batch.settings, turn.now, at=leave.at)
+            metrics.POLLS_LEFT.labels(batch.kind, leave.reason).inc()
+            return
+    _record(batch, turn)
+
+
+def _still_asking(batch: _Batch, turn: _Turn) -> Leave | None:
+    """Paused or resting since a call earlier in the batch: cannot ask; shutting down: another
+    worker asks right away."""
+    if batch.halt is not None:
+        return batch.halt
+    if _stopping.is_set():
+        return Leave(Left.SHUTTING_DOWN, turn.now)
+    return None
+
+
+def _first_poll(batch: _Batch, turn: _Turn) -> Leave | None:
+    """Not polled yet, and its kind rarely finishes this early: no call until then."""
+    job = turn.outcome.job
+    first = first_poll_at(job, batch.settings) if job.polls == 0 else None
+    if first is not None and first > turn.now + timedelta(seconds=FIRST_POLL_SLACK_S):
+        batch.report.deferred += 1
+        return Leave(Left.FIRST_POLL_DEFERRED, first)
+    return None
+
+
+def _due(batch: _Batch, turn: _Turn) -> Leave | None:
+    """Claimed ahead of its time (due before the next tick): wait for its instant, but first
+    write the status changes answered so far (a finish, and its callback, must not wait for a
+    later job of the batch)."""
+    if turn.due is None or turn.due <= turn.now:
+        return None
+    wait_s = (turn.due - turn.now).total_seconds()
+    if wait_s > FLUSH_BEFORE_WAIT_S and any(o.to_status is not None for o in batch.outcomes[:-1]):
+        _flush(batch)
+    if _stopping.wait(wait_s):
+        return Leave(Left.SHUTTING_DOWN, turn.due)
+    turn.now = clock.now(batch.settings)
+    return None
+
+
+def _slot(batch: _Batch, turn: _Turn) -> Leave | None:
+    """A slot of the provider's shared pace, early enough for the answer to come and be
+    written before the lease ends; then wait for it."""
+    settings = batch.settings
+    try:
+        slot = batch.pacer.next_slot(turn.wanted)
+    except Exception as exc:  # the shared limiter is away: do not poll blind
+        log.warning("rate limiter unavailable: %s", exc)
+        batch.halt = Leave(Left.LIMITER_UNAVAILABLE, _soon(batch, turn.now))
+        return batch.halt
+    if slot is None:
+        return Leave(Left.NO_RATE_SLOT, _soon(batch, turn.now))
+    # A request may take connect + read timeout in all, and the batch must still be written;
+    # the lease in this process's time.
+    needed_s = settings.request_deadline_s + settings.lease_margin_s
+    if slot - time.monotonic() + needed_s > (turn.outcome.lease - turn.now).total_seconds():
+        return Leave(Left.LEASE_TOO_SHORT, _soon(batch, turn.now))
+    if _stopping.wait(max(0.0, slot - time.monotonic())):
+        return Leave(Left.SHUTTING_DOWN, turn.now)
+    return None
+
+
+def _ask_provider(batch: _Batch, turn: _Turn) -> Leave | None:
+    """The call itself; a call cut by the shutdown, not failed by the provider, is no poll."""
+    outcome = turn.outcome
+    outcome.polled, outcome.polled_at = True, clock.now(batch.settings)
+    with log_context(job_id=outcome.job.job_id, tracked_job_id=outcome.job.id):
+        batch.client, batch.halt, ok = _ask(
+            batch.kind, batch.region, batch.client, outcome, batch.pacer, batch.settings
+        )
+    if _stopping.is_set() and outcome.error is not None and outcome.answer is None:
+        outcome.polled, outcome.error, outcome.error_class = False, None, None
+        return Leave(Left.SHUTTING_DOWN, turn.now)
+    batch.provider_ok = batch.provider_ok or ok
+    return None
+
+
+#: A job's turn, stage by stage: each stage may leave the job, saying why.
+STAGES: tuple[Callable[[_Batch, _Turn], Leave | None], ...] = (
+    _still_asking,
+    _first_poll,
+    _due,
+    _slot,
+    _ask_provider,
+)
+
+
+def _record(batch: _Batch, turn: _Turn) -> None:
+    """An asked job: what its answer means, and what it says of the provider."""
+    outcome, settings = turn.outcome, batch.settings
+    refused = isinstance(outcome.error, ThrottledError)
+    if batch.answered_last is False and not refused:
+        # An answer right after a refusal: the run of refusals is over, now (a batch can
+        # hold many refusals among its answers, and each must not count as one in a row).
+        with session_scope(settings) as session:
+            provider_state.clear_throttle(session, batch.kind, clock.now(settings))
+    batch.answered_last = not refused
+    decide(outcome, settings, batch.policy, clock.now(settings))
+    metrics.record_poll(batch.kind, outcome.error, outcome.error_class)
+
+
+def _soon(batch: _Batch, now: datetime) -> datetime:
+    """When a job released for want of a slot (or a limiter) is due again: a second or two."""
+    return now + timedelta(seconds=RELEASE_DELAY_S * (1 + batch.rand()))
+
+
+def _flush(batch: _Batch) -> None:
+    """Write the outcomes so far (all but the job whose turn it is)."""
+    _finish(
+        batch.kind,
+        batch.outcomes[:-1],
+        batch.settings,
+        batch.report,
+        resume=batch.probing and batch.provider_ok,
+        answered=batch.answered_last is True,
+    )
+    del batch.outcomes[:-1]
+    batch.probing = batch.probing and not batch.provider_ok  # a resumed provider stays resumed
+
+
+def _close(batch: _Batch) -> BatchReport:
+    """Tell the pace what it has not heard yet, then write the rest of the batch."""
+    kind, pacer, report = batch.kind, batch.pacer, batch.report
     pacer.close()
     metrics.PROVIDER_RATE.labels(kind).set(pacer.rate)
     if pacer.dropped:
         metrics.SLOTS_DROPPED.labels(kind).inc(pacer.dropped)
-    resume = probing and provider_ok
-    _finish(kind, outcomes, settings, report, resume=resume, answered=answered_last is True)
+    _finish(
+        kind,
+        batch.outcomes,
+        batch.settings,
+        report,
+        resume=batch.probing and batch.provider_ok,
+        answered=batch.answered_last is True,
+    )
     log.debug(
         "batch done",
         extra={
@@ -210,6 +354,7 @@ def _poll_batch(
             "deferred": report.deferred,
             "skipped": report.skipped,
             "dropped_slots": pacer.dropped,
+            "pace_trips": pacer.trips,
         },
     )
     return report
@@ -228,14 +373,15 @@ def _ask(
     outcome: Outcome,
     pacer: Pacer,
     settings: Settings,
-) -> tuple[ProviderClient | None, datetime | None, bool]:
+) -> tuple[ProviderClient | None, Leave | None, bool]:
     """Query the provider for one job; fill in the outcome's answer or error.
 
-    Returns the client (built on first use), until when the whole provider must rest (paused,
-    or refusing every call) and whether the provider answered sensibly.
+    Returns the client (built on first use), whether (and until when) the batch must ask no
+    more (the provider paused, or resting from refusing every call) and whether the provider
+    answered sensibly.
     """
     job = outcome.job
-    stop_until: datetime | None = None
+    halt: Leave | None = None
     provider_ok = False
     try:
         # Inside the try: a missing credential is a configuration error like AuthFailure.
@@ -253,17 +399,20 @@ def _ask(
         if isinstance(error, ThrottledError):
             pace = pacer.refused()
             with session_scope(settings) as session:
-                stop_until = provider_state.throttle(
+                rests_until = provider_state.throttle(
                     session, kind, clock.now(settings), rate=pace.rate, run=pace.run
                 )
+            if rests_until is not None:
+                halt = Leave(Left.PROVIDER_RESTING, rests_until)
             # Asked again soon, at the new pace (or when the provider rests no more).
-            outcome.next_poll_at = stop_until or clock.now(settings) + timedelta(
+            outcome.next_poll_at = rests_until or clock.now(settings) + timedelta(
                 seconds=RELEASE_DELAY_S
             )
         elif outcome.error_class is ErrorClass.CONFIGURATION:
             with session_scope(settings) as session:
-                stop_until = provider_state.pause(session, kind, str(error), clock.now(settings))
-            outcome.next_poll_at = stop_until
+                probe_at = provider_state.pause(session, kind, str(error), clock.now(settings))
+            halt = Leave(Left.PROVIDER_PAUSED, probe_at)
+            outcome.next_poll_at = probe_at
         else:
             provider_ok = outcome.error_class is ErrorClass.JOB_TERMINAL
             if error.request_id is not None:
@@ -278,7 +427,7 @@ def _ask(
                 "request_id": error.request_id,
             },
         )
-    return client, stop_until, provider_ok
+    return client, halt, provider_ok
 
 
 def _finish(

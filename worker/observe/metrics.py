@@ -16,7 +16,7 @@ to an empty directory before start and serve a ``MultiProcessCollector`` registr
 prometheus-client documentation, "Multiprocess Mode").
 
 Metric names (all prefixed ``jobtracker_``): ``polls_total{kind,outcome}``,
-``poll_duration_seconds{kind}``, ``api_errors_total{kind,code}``,
+``polls_left_total{kind,reason}``, ``poll_duration_seconds{kind}``, ``api_errors_total{kind,code}``,
 ``deliveries_total{outcome}``, ``delivery_duration_seconds``, ``tick_duration_seconds``,
 ``jobs{kind,status}``, ``oldest_active_job_age_seconds{kind,status}``,
 ``provider_paused{kind}``, ``provider_throttled{kind}``, ``deliveries_pending``,
@@ -52,6 +52,13 @@ POLL_SECONDS = Histogram(
     "Time one provider query took (network and parsing), by kind.",
     ["kind"],
     buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+POLLS_LEFT = Counter(
+    "jobtracker_polls_left",
+    "Claimed jobs a poll batch left unasked (released, to be polled again later), by kind and "
+    "reason (why the batch could not ask: the provider paused or resting, a shutdown, a first "
+    "poll put off, no rate-limit slot in time...).",
+    ["kind", "reason"],
 )
 API_ERRORS = Counter(
     "jobtracker_api_errors",

@@ -103,6 +103,11 @@ class ProviderClient:
         # CPU; the endpoint is fixed, so read them once here (HTTPS_PROXY, NO_PROXY still apply).
         self._session.proxies = requests.utils.get_environ_proxies(self._url)
         self._session.trust_env = False
+        # What every request shares (method, URL, requests' default headers), prepared once:
+        # preparing a whole request per call (the URL parsed again, the session's settings
+        # merged) cost ~7 % of a poll's CPU. No cookie jar is merged in: a signed call needs
+        # none, and the API sets none.
+        self._template = self._session.prepare_request(requests.Request("POST", self._url))
 
     def __repr__(self) -> str:
         return f"<ProviderClient {self.spec.kind} {self.region} {self.endpoint}>"
@@ -166,12 +171,11 @@ class ProviderClient:
         # within the read timeout) must not hold the batch, and with it the jobs' leases.
         with deadline(self.request_deadline_s) as watchdog:
             try:
-                response = self._session.post(
-                    self._url,
-                    data=request.data,
-                    headers=request.header,
-                    timeout=self._timeout,
-                    stream=True,
+                prepared = self._template.copy()
+                prepared.prepare_headers({**self._template.headers, **request.header})
+                prepared.prepare_body(request.data, None)
+                response = self._session.send(
+                    prepared, timeout=self._timeout, stream=True, proxies=self._session.proxies
                 )
                 try:
                     body = read_capped(response, MAX_BODY_BYTES)

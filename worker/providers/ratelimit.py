@@ -4,8 +4,9 @@ The pace is a slot pointer (the GCRA "theoretical arrival time": the next free s
 adaptive rate (:class:`~worker.policy.RatePolicy`: never above the configured QPS, cut a little on
 each ``RequestLimitExceeded``, raised back with each success). A poll batch reserves a short run
 of slots (:meth:`RateLimiter.reserve`, a fraction of a second's worth, so a cut takes effect at
-once), calls at each slot, drops a slot it reached too late, and reports how the calls went
-(:meth:`RateLimiter.report`).
+once), calls within the policy's allowances of each slot, drops a slot it reached too late, and
+tells the pace how the calls went: answers with its next reservation (one transaction),
+refusals at once (:meth:`RateLimiter.report`).
 
 The arithmetic is one pure function pair (:func:`plan`, :func:`learn`); where the pace lives is
 a store that applies them atomically on its own clock:
@@ -80,7 +81,7 @@ def plan(
     """
     pace = pace or Pace(tat=now, rate=ceiling)
     rate = min(pace.rate, ceiling)
-    interval = policy.interval(rate)
+    interval = policy.interval(rate, ceiling)
     tat = max(pace.tat, now)
     wait = tat - now
     if wait > max_wait_s:
@@ -106,7 +107,7 @@ def learn(
             learned = rate
         rate = policy.after_throttle(rate, ceiling, run)
         # Give the provider's window one slot of air at the new pace.
-        tat = max(tat, now) + policy.interval(rate)
+        tat = max(tat, now) + policy.interval(rate, ceiling)
     return Pace(tat=tat, rate=rate, learned=learned, run=run)
 
 
@@ -143,9 +144,17 @@ class RateLimiter:
         self._trip_s = 0.005
 
     def reserve(
-        self, key: str, ceiling: float, n: int, *, max_wait_s: float, span_s: float
+        self,
+        key: str,
+        ceiling: float,
+        n: int,
+        *,
+        max_wait_s: float,
+        span_s: float,
+        answered: int = 0,
     ) -> Slots:
-        """Up to ``n`` slots (none when the next one is over ``max_wait_s`` away)."""
+        """Up to ``n`` slots (none when the next one is over ``max_wait_s`` away), after telling
+        the pace of ``answered`` calls (one transaction for both)."""
 
         lead = (
             min(self.MAX_LEAD_S, max(self.MIN_LEAD_S, 1.5 * self._trip_s))
@@ -154,6 +163,8 @@ class RateLimiter:
         )
 
         def change(pace: Pace | None, now: float) -> tuple[Pace, tuple[float, int, float, float]]:
+            if answered:
+                pace = learn(pace, now, ceiling, ok=answered, throttled=0, policy=self.policy)
             new, wait, count, interval = plan(
                 pace,
                 now + lead,
@@ -312,8 +323,13 @@ def get_rate_limiter(settings: Settings) -> RateLimiter:
 
 
 class Pacer:
-    """One poll batch's use of a provider's pace: slots a fraction of a second at a time, late
-    ones dropped, answers and refusals reported.
+    """One poll batch's use of a provider's pace: slots a fraction of a second at a time, each
+    call within the policy's allowances of its slot (a slot reached later is dropped), answers
+    told with the next reservation, refusals at once.
+
+    One store transaction per reservation: at a real quota a reservation holds the next
+    quarter of a second's slots; at a ceiling that cannot bind (see
+    :class:`~worker.policy.RatePolicy`) it holds the whole batch.
 
     Not thread-safe: one batch, one thread.
     """
@@ -331,27 +347,44 @@ class Pacer:
         self.rate = ceiling
         #: Slots dropped because this batch reached them too late.
         self.dropped = 0
+        #: Store transactions this batch made (reservations and reports).
+        self.trips = 0
         self._slots: list[float] = []
-        self._interval = 1.0 / ceiling
+        self._next = 0
+        self._early_s = limiter.policy.early_s(ceiling)
+        self._late_s = limiter.policy.late_s(ceiling)
         self._answered = 0
 
     def next_slot(self, wanted: int) -> float | None:
-        """The ``time.monotonic()`` instant of the next call, or None when the next free slot
-        is over ``max_wait_s`` away. ``wanted``: calls this batch still means to make."""
+        """The ``time.monotonic()`` instant the next call may go (its slot, or now if the slot
+        is past or within the policy's early allowance), or None when the next free slot is over
+        ``max_wait_s`` away.
+        ``wanted``: calls this batch still means to make."""
         for _ in range(3):
-            while self._slots:
-                instant = self._slots.pop(0)
-                late = time.monotonic() - instant
-                if late <= self.limiter.policy.late_tolerance * self._interval:
-                    return instant
+            now = time.monotonic()
+            while self._next < len(self._slots):
+                slot = self._slots[self._next]
+                self._next += 1
+                if now - slot <= self._late_s:
+                    return slot if slot - now > self._early_s else now
                 self.dropped += 1  # fired late it would land next to the following call
-            self._report()
-            slots = self.limiter.reserve(
-                self.key, self.ceiling, wanted, max_wait_s=self.max_wait_s, span_s=self.SPAN_S
-            )
+            answered, self._answered = self._answered, 0
+            self.trips += 1
+            try:
+                slots = self.limiter.reserve(
+                    self.key,
+                    self.ceiling,
+                    wanted,
+                    max_wait_s=self.max_wait_s,
+                    span_s=self.SPAN_S,
+                    answered=answered,
+                )
+            except Exception:
+                self._answered += answered  # not told: still to tell
+                raise
+            self._slots, self._next, self.rate = slots.instants, 0, slots.rate
             if not slots.instants:
                 return None
-            self._slots, self._interval, self.rate = slots.instants, slots.interval, slots.rate
         return None
 
     def answered(self) -> None:
@@ -361,17 +394,16 @@ class Pacer:
     def refused(self) -> Pace:
         """The provider refused a call (RequestLimitExceeded): cut the rate now, drop the slots
         reserved at the old one. Returns the shared pace after the cut."""
-        self._slots = []
+        self._slots, self._next = [], 0
         answered, self._answered = self._answered, 0
+        self.trips += 1
         pace = self.limiter.report(self.key, self.ceiling, ok=answered, throttled=1)
         self.rate = pace.rate
         return pace
 
     def close(self) -> None:
-        """Report what is left (call once the batch is done)."""
-        self._report()
-
-    def _report(self) -> None:
+        """Tell the pace of the answers not yet told (call once the batch is done)."""
         if self._answered:
             answered, self._answered = self._answered, 0
+            self.trips += 1
             self.rate = self.limiter.report(self.key, self.ceiling, ok=answered).rate
