@@ -1,10 +1,11 @@
 """The service API as an ASGI application: :func:`create_app`.
 
 The layers, outermost first: :class:`~worker.api.observe.Observe` (metrics, access log),
-:class:`~worker.api.body.BodyLimit` (no body over the cap is buffered), then FastAPI's routing
-with the error handlers of :mod:`worker.api.errors`. On start-up the app opens its
-:class:`~worker.api.waiting.Waiters` watcher thread; on shutdown it answers every waiting request
-at once, then stops the thread.
+:class:`~worker.api.body.BodyLimit` (no body over the cap is buffered),
+:class:`~worker.api.errors.Contain` (an unexpected exception is a 500, logged without the
+request's values), then FastAPI's routing with the error handlers of :mod:`worker.api.errors`.
+On start-up the app opens its :class:`~worker.api.waiting.Waiters` watcher thread; on shutdown
+it answers every waiting request at once, then stops the thread.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     for router in (jobs.router, deliveries.router, health.router):
         app.include_router(router)
+    app.add_middleware(errors.Contain)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(Observe)
     return app
