@@ -23,8 +23,9 @@ Metric names (all prefixed ``jobtracker_``): ``polls_total{kind,outcome}``,
 ``detection_latency_seconds{kind}``, ``polls_per_job{kind}``,
 ``unpollable_jobs{kind}``, ``database_up``; and in the service API process (``jobtracker api``):
 ``api_requests_total{route,method,status}``, ``api_request_duration_seconds{route,method}``,
-``api_waiting_requests``. ``route`` is the route's template (``/v1/jobs/{id}``), never the
-path itself, so the label set stays small whatever the callers send.
+``api_waiting_requests``, ``api_wait_watcher_restarts_total``. ``route`` is the route's template
+(``/v1/jobs/{id}``), never the path itself, so the label set stays small whatever the callers
+send.
 """
 
 from __future__ import annotations
@@ -113,6 +114,11 @@ API_REQUEST_SECONDS = Histogram(
 API_WAITING = Gauge(
     "jobtracker_api_waiting_requests",
     "Service API requests held open by ?wait= until their job ends.",
+)
+API_WAIT_WATCHER_RESTARTS = Counter(
+    "jobtracker_api_wait_watcher_restarts",
+    "Times the service API's ?wait= watcher failed (a lost database connection, an error) and "
+    "was started again.",
 )
 
 
