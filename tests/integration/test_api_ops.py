@@ -59,7 +59,9 @@ def test_requests_are_counted_by_route_and_status(api: Api) -> None:
     port = api.env["JOBTRACKER_METRICS_PORT"]
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     assert 'jobtracker_api_requests_total{method="GET",route="/v1/jobs/{id}",status="404"}' in text
-    assert 'jobtracker_api_requests_total{method="GET",route="/v1/jobs",status="401"}' in text
+    # Refused for its token before routing (worker/api/guard.py), under one route label.
+    assert 'jobtracker_api_requests_total{method="GET",route="/v1/*",status="401"}' in text
+    assert 'jobtracker_api_auth_refusals_total{reason="no_token"}' in text
     assert 'jobtracker_api_request_duration_seconds_bucket{le="0.005",method="GET"' in text
     assert "jobtracker_api_waiting_requests 0.0" in text
     # The same registry as the worker's: the database gauges are there too.

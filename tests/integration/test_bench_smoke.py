@@ -1,5 +1,6 @@
 """Every benchmark script runs with ``--quick`` and prints its figures (no timing is asserted:
-the figures depend on the machine; this only keeps the scripts from rotting)."""
+the figures depend on the machine; this only keeps the scripts from rotting), each within its
+plausible band where it has one (:data:`BANDS`)."""
 
 from __future__ import annotations
 
@@ -88,6 +89,36 @@ SCRIPTS = {
         "latency_max_ms",
         "deliveries_per_s",
     },
+    "auth_flood.py": {
+        "legit_p50_ms_alone",
+        "legit_p99_ms_alone",
+        "legit_p50_ms_flood",
+        "legit_p99_ms_flood",
+        "legit_p99_ratio_flood_to_alone",
+        "flood_per_s",
+        "flood_refused_percent",
+        "flood_token_lookups",
+        "api_cpu_percent_alone",
+        "api_cpu_percent_flood",
+    },
+}
+
+#: Where a figure has one: the (lowest, highest) plausible value on any machine. Not a target: a
+#: figure out of its band means the script, or what it measures, is broken.
+BANDS: dict[str, tuple[float, float]] = {
+    **dict.fromkeys(
+        ["legit_p50_ms_alone", "legit_p99_ms_alone", "legit_p50_ms_flood", "legit_p99_ms_flood"],
+        (0.1, 10_000.0),
+    ),
+    "legit_p99_ratio_flood_to_alone": (0.1, 100.0),
+    # The flood is paced at 1,000 requests/s; far below it, the flood client starved.
+    "flood_per_s": (200.0, 1_100.0),
+    # Every flood request is refused (a 401 or a 429), none answered otherwise.
+    "flood_refused_percent": (100.0, 100.0),
+    # The address's burst of failed authentications (20), then one a second: never one per
+    # request (the flood sends thousands).
+    "flood_token_lookups": (1.0, 200.0),
+    **dict.fromkeys(["api_cpu_percent_alone", "api_cpu_percent_flood"], (0.1, 200.0)),
 }
 
 
@@ -113,4 +144,10 @@ def test_bench_script_prints_its_figures(script: str) -> None:
     assert SCRIPTS[script] <= set(figures), f"{script} printed only {sorted(figures)}"
     missing = [name for name in SCRIPTS[script] if figures[name] == "n/a"]
     assert not missing, f"{script} measured nothing for {missing}:\n{done.stdout}"
+    implausible = [
+        f"{name} = {figures[name]}, not in {BANDS[name]}"
+        for name in SCRIPTS[script] & set(BANDS)
+        if not BANDS[name][0] <= float(figures[name]) <= BANDS[name][1]
+    ]
+    assert not implausible, f"{script}: {implausible}\n{done.stdout}"
     assert "(target" in done.stdout, f"{script} printed no target"

@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session
 
 from jobtracker.models import ApiClient, ApiToken, Scope, TrackedJob
 from worker.clients.credentials import (
-    TOKEN_PREFIX,
     derive_webhook_secret,
+    is_well_formed,
     new_token,
     same_hash,
     shown_prefix,
@@ -31,8 +31,6 @@ from worker.settings import Settings
 
 #: Client names: what operators type and logs show.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-#: Longer bearer values are not ours; refused without a database query.
-_MAX_TOKEN_CHARS = 128
 
 
 @dataclass(frozen=True)
@@ -181,7 +179,7 @@ def authenticate(conn: Connection, token: str, *, now: datetime) -> Caller | Non
 
     One indexed Core query, no ORM objects: it runs on every API request.
     """
-    if not token.startswith(TOKEN_PREFIX) or len(token) > _MAX_TOKEN_CHARS:
+    if not is_well_formed(token):  # not one of ours: no query
         return None
     digest = token_hash(token)
     row = conn.execute(_AUTHENTICATE, {"digest": digest}).first()

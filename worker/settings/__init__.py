@@ -258,6 +258,14 @@ class Settings:
         minimum=1,
         doc="requests each API client may make at once, above its average",
     )
+    api_auth_failures_per_min: float = setting(
+        "JOBTRACKER_API_AUTH_FAILURES",
+        60.0,
+        minimum=0.01,
+        doc="failed authentications (well-formed tokens that are not valid) each client address "
+        "may make per minute, after 20 at once; past that the address gets 429 without a token "
+        "lookup until its budget refills",
+    )
     api_rotation_grace_s: float = setting(
         "JOBTRACKER_API_ROTATION_GRACE",
         86400.0,
