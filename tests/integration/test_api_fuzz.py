@@ -201,6 +201,18 @@ def test_redeliver(fuzz: Fuzz, ref: str, own: bool) -> None:
 
 @FUZZ
 @given(
+    ref=hostile_text,
+    own=st.booleans(),
+    params=st.lists(st.tuples(st.sampled_from(["cursor", "limit"]), hostile_text), max_size=3),
+)
+@example(ref="x", own=True, params=[("cursor", "YTE6OTk5OTk5OTk5OTk5OTk5OTk5OTk5")])
+def test_attempt_pages(fuzz: Fuzz, ref: str, own: bool, params: list[tuple[str, str]]) -> None:
+    target = fuzz.delivery_id if own else path_part(ref)
+    fuzz.call("GET", f"/v1/deliveries/{target}/attempts?{query(params)}")
+
+
+@FUZZ
+@given(
     token=st.text(
         st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"),
         max_size=80,

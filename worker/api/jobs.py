@@ -121,7 +121,8 @@ _READ_ERRORS = errors(401, 403, 404, 422, 429, 503)
     "/{id}", summary="One job by tracked id", response_model=JobDetail, responses=_READ_ERRORS
 )
 async def get_job(request: Request, caller: Reader, id: JobPk, wait: Wait = 0) -> JSONResponse:
-    """The job, its transitions and its callback messages (each with every attempt)."""
+    """The job, its transitions and its callback messages, each with its newest attempts (see
+    ``GET /v1/deliveries/{id}/attempts`` for the older ones)."""
     return await _answer(request, caller, id, wait)
 
 

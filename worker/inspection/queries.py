@@ -174,8 +174,12 @@ def _pruned_note(session: Session, kind: list[str], job_id: str, region: str | N
     )
 
 
-def job_detail(session: Session, job: TrackedJob) -> dict[str, Any]:
-    """The job, its transitions (oldest first) and its callback messages with every attempt."""
+def job_detail(
+    session: Session, job: TrackedJob, *, attempts_shown: int | None = None
+) -> dict[str, Any]:
+    """The job, its transitions (oldest first) and its callback messages with their attempts:
+    every one, or with ``attempts_shown`` the newest that many (oldest first) and, in
+    ``older_attempts``, whether there are older ones."""
     transitions = session.execute(
         select(JobTransition)
         .where(JobTransition.tracked_job_id == job.id)
@@ -186,12 +190,19 @@ def job_detail(session: Session, job: TrackedJob) -> dict[str, Any]:
         .where(WebhookDelivery.tracked_job_id == job.id)
         .order_by(WebhookDelivery.created_at, WebhookDelivery.id)
     ).scalars()
+    shown = []
+    for delivery in deliveries:
+        if attempts_shown is None:
+            shown.append(delivery.to_dict(attempts=attempts_of(session, delivery.id), payload=True))
+            continue
+        newest = attempts_page(session, delivery.id, limit=attempts_shown + 1)
+        entry = delivery.to_dict(attempts=newest[:attempts_shown][::-1], payload=True)
+        entry["older_attempts"] = len(newest) > attempts_shown
+        shown.append(entry)
     return {
         "job": job.to_dict(),
         "transitions": [t.to_dict() for t in transitions],
-        "deliveries": [
-            d.to_dict(attempts=attempts_of(session, d.id), payload=True) for d in deliveries
-        ],
+        "deliveries": shown,
     }
 
 
@@ -230,6 +241,17 @@ def attempts_of(session: Session, delivery_id: str) -> list[WebhookAttempt]:
             .order_by(WebhookAttempt.id)
         ).scalars()
     )
+
+
+def attempts_page(
+    session: Session, delivery_id: str, *, limit: int, before_id: int | None = None
+) -> list[WebhookAttempt]:
+    """A message's attempts newest first, ``limit`` of them, below ``before_id`` if given (one
+    index range: ``ix_webhook_attempts_delivery_id``, however many attempts it has)."""
+    query = select(WebhookAttempt).where(WebhookAttempt.delivery_id == delivery_id)
+    if before_id is not None:
+        query = query.where(WebhookAttempt.id < before_id)
+    return list(session.execute(query.order_by(WebhookAttempt.id.desc()).limit(limit)).scalars())
 
 
 def _ts(value: datetime | None) -> str | None:
