@@ -1,5 +1,5 @@
-"""``jobtracker clients add / list / revoke / rotate-token / rotate-secret``: who may call the
-service API.
+"""``jobtracker clients add / list / revoke / rotate-token / rotate-secret / rotate-master``: who
+may call the service API.
 
 A token and a webhook secret are printed once, when they are made, and never again: only the
 token's hash is stored, and the secret is derived when a callback is signed. Lost one? Rotate it.
@@ -25,6 +25,7 @@ from worker.clients.registry import (
     add_client,
     client_dict,
     list_clients,
+    master_rotation,
     revoke_client,
     rotate_secret,
     rotate_token,
@@ -176,3 +177,46 @@ def rotate_secret_command(name: str, grace: timedelta | None, as_json: bool) -> 
     except (NotFoundError, ClientError) as exc:
         fail(str(exc), 1)
     _show(issued, settings, as_json, "has a new webhook secret")
+
+
+@clients.command("rotate-master")
+@JSON_OPTION
+def rotate_master_command(as_json: bool) -> None:
+    """Print each client's webhook secret under the new master key, for a master key rotation.
+
+    Set the new key in JOBTRACKER_CLIENT_SECRET_KEY and the old one in
+    JOBTRACKER_CLIENT_SECRET_KEY_PREVIOUS first (here and where the worker runs): both sign
+    every callback until the previous one is unset. Nothing is stored (the secrets are derived),
+    so running this again prints the same secrets.
+    """
+    settings = read_settings()
+    try:
+        with session_scope(settings) as session:
+            rotated = [
+                (client.name, client.revoked_at is not None, secret)
+                for client, secret in master_rotation(
+                    session,
+                    master_key=settings.client_secret_key,
+                    previous_key=settings.client_secret_key_previous,
+                )
+            ]
+    except NoClientSecretKey as exc:
+        fail(str(exc), 2)
+    if as_json:
+        print_json(
+            [
+                {"client": name, "revoked": revoked, "webhook_secret": secret}
+                for name, revoked, secret in rotated
+            ]
+        )
+        return
+    if not rotated:
+        click.echo("no API clients: nothing to hand over", err=True)
+        return
+    click.echo(
+        "each client's new webhook secret (hand each to its client; until "
+        "JOBTRACKER_CLIENT_SECRET_KEY_PREVIOUS is unset, callbacks are signed with the old "
+        "secrets too):"
+    )
+    for name, revoked, secret in rotated:
+        click.echo(f"  {name}{' (revoked)' if revoked else ''}: {secret}")
