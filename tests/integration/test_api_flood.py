@@ -3,8 +3,8 @@ before, and an address past its budget of failed authentications gets 429 withou
 other addresses (the client's, after the trusted-proxy rule) go on.
 
 The server's database sits behind a proxy the test can cut: with it cut, whatever still gets
-its answer was answered without a query. Requests come from two loopback addresses:
-127.0.0.1 (the trusted proxy by default) and 127.0.0.2 (anyone else).
+its answer was answered without a query. Requests come from several loopback addresses:
+127.0.0.1 (the trusted proxy by default) and 127.0.0.2-5 (anyone else).
 """
 
 from __future__ import annotations
@@ -36,28 +36,42 @@ def database(pg_template: str) -> Iterator[tuple[str, services.TcpProxy]]:
     services.drop_database(name)
 
 
-@pytest.fixture
-def api(
-    database: tuple[str, services.TcpProxy], tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[Api]:
-    """A fresh server (fresh failure budgets) on the database, through the proxy; a test may add
-    to its environment with an indirect parameter."""
-    url, proxy = database
-    env = {
+def start(url: str, proxy: services.TcpProxy, folder: Path, **env: str) -> Api:
+    """A server on the database, through the proxy."""
+    full = {
         **BASE_ENV,
-        **getattr(request, "param", {}),
         "JOBTRACKER_DATABASE_URL": proxy.url(url),
         "JOBTRACKER_METRICS_PORT": str(free_port()),
-        # One more failure a minute after the burst: the budget cannot refill within a test.
+        # One more failure a minute after the burst: a budget cannot refill within the module.
         "JOBTRACKER_API_AUTH_FAILURES": "1",
+        **env,
     }
-    server = ApiServer(env, tmp_path).start()
-    handle = Api(server=server, database_url=url, env=env, tmp=tmp_path)
+    return Api(server=ApiServer(full, folder).start(), database_url=url, env=full, tmp=folder)
+
+
+@pytest.fixture(scope="module")
+def api(
+    database: tuple[str, services.TcpProxy], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Api]:
+    """The module's server, logging at DEBUG (the level of the refusals' access lines). Each
+    test that spends a budget does it from its own address."""
+    handle = start(*database, tmp_path_factory.mktemp("api-flood"), JOBTRACKER_LOG_LEVEL="DEBUG")
     try:
         yield handle
     finally:
         handle.close()
-        server.stop()
+        handle.server.stop()
+
+
+@pytest.fixture
+def fresh_api(database: tuple[str, services.TcpProxy], tmp_path: Path) -> Iterator[Api]:
+    """A server of its own, at INFO: its log and counters hold one test's requests only."""
+    handle = start(*database, tmp_path)
+    try:
+        yield handle
+    finally:
+        handle.close()
+        handle.server.stop()
 
 
 def get(api: Api, token: str, *, source: str = "127.0.0.1", **headers: str) -> httpx.Response:
@@ -80,9 +94,10 @@ def test_refusals_that_need_no_lookup_are_answered_with_the_database_gone(
     api: Api, database: tuple[str, services.TcpProxy]
 ) -> None:
     _, proxy = database
+    flooding = "127.0.0.3"
     refused = new_token()
     assert get(api, refused).status_code == 401  # looked up once
-    exhaust(api)
+    exhaust(api, source=flooding)
     proxy.cut()
     try:
         # No query can be made now; these are answered all the same.
@@ -90,12 +105,13 @@ def test_refusals_that_need_no_lookup_are_answered_with_the_database_gone(
         assert get(api, "x" * 5000).status_code == 401
         assert get(api, refused).status_code == 401
         assert get(api, refused, source=OTHER).status_code == 401
-        assert get(api, new_token(), source=OTHER).status_code == 429
+        assert get(api, new_token(), source=flooding).status_code == 429
     finally:
         proxy.restore()
 
 
-def test_a_flooding_address_does_not_stop_another(api: Api) -> None:
+def test_a_flooding_address_does_not_stop_another(fresh_api: Api) -> None:
+    api = fresh_api
     client = api.new_client()
     exhaust(api)
     # The flooding address is refused whatever token it sends, valid ones included ...
@@ -123,6 +139,11 @@ def test_behind_the_trusted_proxy_each_forwarded_client_has_its_own_budget(api: 
     client = api.new_client()
     # 127.0.0.1 is JOBTRACKER_API_TRUSTED_PROXIES' default: its X-Forwarded-For is the client.
     exhaust(api, source="127.0.0.1", **{"X-Forwarded-For": "198.51.100.1"})
+    # And from 127.0.0.4, which is no trusted proxy, the same header is not believed.
+    assert (
+        get(api, new_token(), source="127.0.0.4", **{"X-Forwarded-For": "198.51.100.1"}).status_code
+        == 401
+    )
     forwarded = {"X-Forwarded-For": "198.51.100.2"}
     assert get(api, client.token, **forwarded).status_code == 200
     assert get(api, new_token(), **forwarded).status_code == 401
@@ -141,17 +162,18 @@ def test_a_valid_token_is_never_refused_by_the_negative_cache(api: Api) -> None:
     assert get(api, client.token).status_code == 200
 
 
-@pytest.mark.parametrize("api", [{"JOBTRACKER_LOG_LEVEL": "DEBUG"}], indirect=True)
 def test_tokens_never_reach_the_log(api: Api) -> None:
     """Every refusal's access line is there (at DEBUG), and no token in any line."""
     client = api.new_client()
     refused = "jt_" + secrets.token_urlsafe(32)
-    assert get(api, refused).status_code == 401  # looked up
-    assert get(api, refused, source=OTHER).status_code == 401  # refused before
-    assert get(api, refused[:-1]).status_code == 401  # malformed
-    assert get(api, client.token).status_code == 200
+    before = api.server.output()
+    assert get(api, refused, source="127.0.0.5").status_code == 401  # looked up
+    assert get(api, refused, source="127.0.0.5").status_code == 401  # refused before
+    assert get(api, refused[:-1], source="127.0.0.5").status_code == 401  # malformed
+    assert get(api, client.token, source="127.0.0.5").status_code == 200
     log = api.server.output()
-    assert log.count("api GET /v1/jobs -> 401") == 1  # the lookup's, in the route
-    assert log.count("api GET /v1/* -> 401") == 2  # the Gate's, before routing
+    new_lines = log[len(before) :]
+    assert new_lines.count("DEBUG worker.api.access: api GET /v1/jobs -> 401") == 1  # the route's
+    assert new_lines.count("DEBUG worker.api.access: api GET /v1/* -> 401") == 2  # the Gate's
     for secret in (refused, refused[:-1], refused[3:], client.token, client.token[3:]):
         assert secret not in log
