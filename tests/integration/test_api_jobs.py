@@ -316,6 +316,7 @@ def test_health_readiness_and_the_generated_documentation(api: Api) -> None:
         "/v1/jobs/{id}",
         "/v1/jobs/{kind}/{job_id}",
         "/v1/deliveries/{id}/redeliver",
+        "/v1/deliveries/{id}/attempts",
         "/healthz",
         "/readyz",
     } <= set(document["paths"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from worker.api import guard
-from worker.api.guard import FAILURE_BURST, REFUSED_TTL_S, AuthGuard, source_of
+from worker.api.guard import FAILURE_BURST, REFUSED_TTL_S, AuthGuard, bearer_token, source_of
 from worker.clients.credentials import is_well_formed, new_token
 
 
@@ -95,3 +95,18 @@ def test_the_tables_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     for i in range(1000):
         gate.failed(new_token(), f"10.0.{i // 256}.{i % 256}")
     assert len(gate._refused) == 100 and len(gate._sources) == 100
+
+
+def test_the_gate_reads_the_token_as_the_route_does() -> None:
+    token = new_token()
+    for header, expected in [
+        (f"Bearer {token}", token),
+        (f"bearer  {token} ", token),
+        (f"BEARER {token}", token),
+        (f"Basic {token}", None),
+        ("Bearer", None),
+        ("Bearer ", None),
+        (f"Bearer{token}", None),
+    ]:
+        assert bearer_token([(b"authorization", header.encode())]) == expected, header
+    assert bearer_token([(b"host", b"x")]) is None

@@ -155,14 +155,14 @@ def _put(table: OrderedDict[str, float], key: str, value: float) -> None:
 
 
 def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header (as FastAPI's HTTPBearer reads
-    it: the scheme in any case), or None."""
+    """The token of the first ``Authorization: Bearer <token>`` header, read exactly as
+    FastAPI's HTTPBearer reads it for the route (the scheme in any case, the token stripped),
+    or None."""
     for name, value in headers:
         if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").strip().partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-            return None
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            token = token.strip()
+            return token if scheme.lower() == "bearer" and token else None
     return None
 
 
