@@ -58,8 +58,13 @@ def lock_for_write(session: Session) -> None:
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """A new engine configured for jobtracker's workload (not cached)."""
+    """A new engine configured for jobtracker's workload (not cached).
+
+    Its errors never quote a statement's parameters (``hide_parameters``): they carry callback
+    URLs with their tokens, metadata and JobIds, and an error's text ends up in logs.
+    """
     url = normalize_url(url)
+    kwargs.setdefault("hide_parameters", True)
     if make_url(url).get_backend_name() == "sqlite":
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)

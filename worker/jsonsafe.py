@@ -5,7 +5,8 @@ JSON parser will take back: ``NaN`` and ``Infinity`` (JSONB refuses them, and so
 parsers), lone UTF-16 surrogates such as ``"\\ud800"`` (legal JSON, but no UTF-8 encoder can write
 them: the database driver raises before the row reaches the server), and NUL characters (PostgreSQL
 text refuses ``\\u0000``). :func:`clean` makes such a value storable: non-finite numbers become
-``None``, a lone surrogate becomes U+FFFD, NUL characters are dropped, in keys too.
+``None``, a lone surrogate becomes U+FFFD, NUL characters are dropped, in keys too. What a caller
+sends is refused instead (:func:`unstorable` says why): it must be stored as it was sent.
 """
 
 from __future__ import annotations
@@ -24,6 +25,19 @@ def clean_text(text: str) -> str:
     if _SURROGATE.search(text):
         text = _SURROGATE.sub("\ufffd", text)
     return text
+
+
+def unstorable(text: str) -> str | None:
+    """Why ``text`` cannot be stored as it is (a NUL, a lone surrogate), or None when it can.
+
+    For input a caller sends, which is refused rather than cleaned: what it asked to store must be
+    what is stored."""
+    if "\x00" in text:
+        return "a NUL character (\\u0000), which the database cannot store"
+    found = _SURROGATE.search(text)
+    if found:
+        return f"a lone UTF-16 surrogate (\\u{ord(found.group()):04x}), which is not Unicode text"
+    return None
 
 
 def clean(value: Any) -> Any:

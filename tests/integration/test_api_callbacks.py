@@ -1,12 +1,16 @@
 """Per-client webhook secrets: each client's callbacks are signed with its own secret (two during
-a rotation), verified here with the ``standardwebhooks`` library; jobs from the other ways in
-keep ``JOBTRACKER_WEBHOOK_SECRET``; a secret that cannot be derived is a recorded failure."""
+a rotation of it, old and new during a rotation of the master key), verified here with the
+``standardwebhooks`` library; jobs from the other ways in keep ``JOBTRACKER_WEBHOOK_SECRET``; a
+secret that cannot be derived is a recorded failure."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
+from click.testing import CliRunner
+from click.testing import Result as CliResult
 from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
@@ -14,13 +18,14 @@ from jobtracker.models import WebhookAttempt, WebhookDelivery, utcnow
 from tests.api_server import MASTER_KEY
 from tests.drive import drive
 from tests.integration.conftest import Api, NewClient, unique
+from worker.cli import main
 from worker.clients.registry import rotate_secret
 from worker.db import session_scope
 from worker.devtools.receiver import ReceivedMessage, Receiver
 from worker.devtools.simulator import Simulator
 from worker.flow import deliver
 from worker.flow.enqueue import track
-from worker.settings import Settings
+from worker.settings import Settings, reset_settings
 
 GLOBAL_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -142,3 +147,66 @@ def test_without_the_master_key_a_clients_callback_is_a_recorded_retried_failure
         assert deliver.deliver_one(delivery_id, worker_settings(api, sim)) == "delivered"
         [message_in] = rx.wait_for(1, timeout=10)
     assert verifies(client.secret, message_in)
+
+
+NEW_MASTER_KEY = "test-new-master-key-not-for-production-9876543210"
+
+
+def rotate_master(api: Api, **env: str) -> CliResult:
+    reset_settings()
+    return CliRunner().invoke(
+        main,
+        ["clients", "rotate-master", "--json"],
+        env={"JOBTRACKER_DATABASE_URL": api.database_url, **env},
+    )
+
+
+def test_a_master_key_rotation_signs_with_old_and_new_secrets_until_the_old_key_goes(
+    api: Api, sim: Simulator
+) -> None:
+    """The procedure of the README: new key in, old key as _PREVIOUS; rotate-master prints the
+    new secrets; receivers that know either secret accept; once _PREVIOUS is unset, only the new
+    secrets sign."""
+    client = api.new_client()  # its secret derives from MASTER_KEY, the key being replaced
+    rotation = {
+        "JOBTRACKER_CLIENT_SECRET_KEY": NEW_MASTER_KEY,
+        "JOBTRACKER_CLIENT_SECRET_KEY_PREVIOUS": MASTER_KEY,
+    }
+    # Without the previous key set, the command refuses: the procedure starts with both.
+    refused = rotate_master(api, JOBTRACKER_CLIENT_SECRET_KEY=NEW_MASTER_KEY)
+    assert refused.exit_code == 2 and "JOBTRACKER_CLIENT_SECRET_KEY_PREVIOUS" in refused.output
+    printed = rotate_master(api, **rotation)
+    assert printed.exit_code == 0, printed.output
+    secrets_now = {entry["client"]: entry["webhook_secret"] for entry in json.loads(printed.stdout)}
+    new_secret = secrets_now[client.name]
+    assert new_secret.startswith("whsec_") and new_secret != client.secret
+
+    with (
+        Receiver(secrets=[client.secret]) as knows_old,
+        Receiver(secrets=[new_secret]) as knows_new,
+    ):
+        overlap = worker_settings(api, sim, **rotation)
+        drive(
+            overlap,
+            jobs=[
+                post_job(api, client, knows_old.url)["id"],
+                post_job(api, client, knows_new.url)["id"],
+            ],
+        )
+        [to_old] = knows_old.wait_for(1, timeout=15)
+        [to_new] = knows_new.wait_for(1, timeout=15)
+        for message in (to_old, to_new):  # both accepted: each carries both signatures
+            assert verifies(client.secret, message) and verifies(new_secret, message)
+
+        after = worker_settings(api, sim, JOBTRACKER_CLIENT_SECRET_KEY=NEW_MASTER_KEY)
+        late_old = post_job(api, client, knows_old.url)["id"]
+        drive(after, jobs=[late_old, post_job(api, client, knows_new.url)["id"]])
+        later = knows_new.wait_for(2, timeout=15)[1]
+        refused_by_old = knows_old.wait_for_requests(2, timeout=15)[1]
+    assert verifies(new_secret, later) and not verifies(client.secret, later)
+    assert len(later.headers["webhook-signature"].split()) == 1
+    # The receiver that still has the old secret refuses it now (and it will be retried).
+    assert not refused_by_old.verified and refused_by_old.status == 401
+    for message in (to_old, to_new, later):
+        text = message.body.decode() + str(message.headers)
+        assert NEW_MASTER_KEY not in text and MASTER_KEY not in text

@@ -124,7 +124,10 @@ def test_every_bad_input_rule_is_a_422_naming_the_field_with_validates_message(
             expected.pop("kind"), expected.pop("job_id"), **expected, default_region="ap-guangzhou"
         )
     before = count_jobs(api)
-    answer = api.http(api.new_client("enqueue").token).post("/v1/jobs", json=body)
+    # Encoded with ASCII escapes, as any JSON client may: a lone surrogate travels as \ud800.
+    answer = api.http(api.new_client("enqueue").token).post(
+        "/v1/jobs", content=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     assert answer.status_code == 422, answer.text
     assert answer.json() == {
         "error": {
@@ -313,6 +316,7 @@ def test_health_readiness_and_the_generated_documentation(api: Api) -> None:
         "/v1/jobs/{id}",
         "/v1/jobs/{kind}/{job_id}",
         "/v1/deliveries/{id}/redeliver",
+        "/v1/deliveries/{id}/attempts",
         "/healthz",
         "/readyz",
     } <= set(document["paths"])
@@ -330,6 +334,9 @@ def test_health_readiness_and_the_generated_documentation(api: Api) -> None:
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     unknown = http.get("/v2/nothing")
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
-    wrong_method = http.delete("/v1/jobs")
+    wrong_method = api.http(api.new_client().token).delete("/v1/jobs")
     assert wrong_method.status_code == 405
     assert json.loads(wrong_method.text)["error"]["code"] == "method_not_allowed"
+    # Without a token, nothing under /v1 is told apart: not even which paths exist.
+    for method, path in (("DELETE", "/v1/jobs"), ("GET", "/v1/nothing")):
+        assert http.request(method, path).status_code == 401

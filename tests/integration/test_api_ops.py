@@ -1,8 +1,10 @@
-"""Operating the service API: the per-client rate limit (429 + Retry-After), request metrics on
-the Prometheus endpoint, readiness against the schema, and refusing to start unmigrated."""
+"""Operating the service API: the per-client rate limit (429 + Retry-After) and its fallback when
+Redis is away, request metrics on the Prometheus endpoint, readiness against the schema, and
+refusing to start unmigrated."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -69,15 +72,20 @@ def test_requests_are_counted_by_route_and_status(api: Api) -> None:
 
     # The server serves the whole module: count what these requests add.
     _, samples = scrape(api)
-    before = {key: requests(*key) for key in [("/v1/jobs/{id}", "404"), ("/v1/jobs", "401")]}
+    before = {key: requests(*key) for key in [("/v1/jobs/{id}", "404"), ("/v1/*", "401")]}
+    refusals = samples.get(("jobtracker_api_auth_refusals_total", (("reason", "no_token"),)), 0.0)
     client = api.new_client()
     api.http(client.token).get("/v1/jobs/123456789")
     api.http().get("/v1/jobs")
     text, samples = scrape(api)
     assert {key: requests(*key) - n for key, n in before.items()} == {
         ("/v1/jobs/{id}", "404"): 1,
-        ("/v1/jobs", "401"): 1,
+        # Refused for its token before routing (worker/api/guard.py), under one route label.
+        ("/v1/*", "401"): 1,
     }
+    assert (
+        samples[("jobtracker_api_auth_refusals_total", (("reason", "no_token"),))] - refusals == 1
+    )
     assert 'jobtracker_api_request_duration_seconds_bucket{le="0.005",method="GET"' in text
     assert "jobtracker_api_waiting_requests 0.0" in text
     # The same registry as the worker's: the database gauges are there too.
@@ -129,3 +137,66 @@ def test_the_api_refuses_to_start_on_an_unmigrated_shared_database(tmp_path: Pat
         services.drop_database(name)
     assert done.returncode == 2
     assert "run `jobtracker db upgrade`" in done.stderr
+
+
+def metric(port: str, name: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    assert found, f"{name} not served"
+    return float(found.group(1))
+
+
+def test_with_redis_away_each_process_gates_on_its_own_until_redis_answers(
+    sqlite_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """Redis (the API's only use of it: the shared rate gate) goes away: requests are still
+    answered and still rate-limited, per process; /readyz stays ready; it is logged once and
+    counted; when Redis answers again, the shared gate is back."""
+    host_port, _, db_number = redis_url.removeprefix("redis://").rpartition("/")
+    host, _, port = host_port.partition(":")
+    proxy = services.TcpProxy(host, int(port))
+    metrics_port = str(free_port())
+    env = {
+        **BASE_ENV,
+        "JOBTRACKER_DATABASE_URL": sqlite_url,
+        "JOBTRACKER_BROKER_URL": f"redis://127.0.0.1:{proxy.port}/{db_number}",
+        "JOBTRACKER_API_RATE": "1",
+        "JOBTRACKER_API_BURST": "4",
+        "JOBTRACKER_METRICS_PORT": metrics_port,
+    }
+    server = ApiServer(env, tmp_path).start()
+    store = redis.Redis.from_url(redis_url)
+    try:
+        api = Api(server=server, database_url=sqlite_url, env=env, tmp=tmp_path)
+        client = api.new_client()
+        http = api.http(client.token)
+        pace = f"jobtracker:pace:api-client:{client.id}"
+        assert http.get("/v1/jobs").status_code == 200
+        assert store.exists(pace)  # the shared gate holds the client
+        store.delete(pace)
+
+        proxy.cut()
+        statuses = [http.get("/v1/jobs").status_code for _ in range(6)]
+        # Still gated (its burst of 4 from this process), never a 500.
+        assert statuses[:4] == [200] * 4 and set(statuses[4:]) == {429}, statuses
+        assert httpx.get(server.url + "/readyz").status_code == 200
+        assert metric(metrics_port, "jobtracker_api_rate_gate_fallbacks_total") == 1
+        assert metric(metrics_port, "jobtracker_api_rate_gate_local") == 1
+        assert not store.exists(pace)
+
+        proxy.restore()
+        deadline = time.monotonic() + 15
+        while not store.exists(pace):  # a request tries Redis again within PROBE_EVERY_S
+            assert time.monotonic() < deadline, "the shared gate did not come back"
+            assert http.get("/v1/jobs").status_code in (200, 429)
+            time.sleep(0.2)
+        assert metric(metrics_port, "jobtracker_api_rate_gate_local") == 0
+        assert metric(metrics_port, "jobtracker_api_rate_gate_fallbacks_total") == 1
+    finally:
+        server.stop()
+        proxy.cut()
+        store.close()
+    log = server.output()
+    assert log.count("the shared API rate gate (Redis) does not answer") == 1, log
+    assert log.count("(Redis) answers again") == 1
+    assert " 500" not in log and "Traceback" not in log

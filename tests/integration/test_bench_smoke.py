@@ -125,6 +125,26 @@ SCRIPTS: dict[str, dict[str, Band]] = {
         "machine_busy_cores_one_process": (0.05, 256.0),
         "machine_busy_cores_two_processes": (0.05, 256.0),
     },
+    "auth_flood.py": {
+        **dict.fromkeys(
+            [
+                "legit_p50_ms_alone",
+                "legit_p99_ms_alone",
+                "legit_p50_ms_flood",
+                "legit_p99_ms_flood",
+            ],
+            MS,
+        ),
+        "legit_p99_ratio_flood_to_alone": (0.1, 100.0),
+        # The flood is paced at 1,000 requests/s; far below it, the flood client starved.
+        "flood_per_s": (200.0, 1_100.0),
+        # Every flood request is refused (a 401 or a 429), none answered otherwise.
+        "flood_refused_percent": (100.0, 100.0),
+        # The address's burst of failed authentications (20), then one a second: never one per
+        # request (the flood sends thousands).
+        "flood_token_lookups": (1.0, 200.0),
+        **dict.fromkeys(["api_cpu_percent_alone", "api_cpu_percent_flood"], (0.1, 200.0)),
+    },
     "webhook_latency.py": {
         "latency_p50_ms": MS,
         "latency_p99_ms": MS,

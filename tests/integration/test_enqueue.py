@@ -109,6 +109,11 @@ BAD_INPUTS: list[tuple[dict[str, Any], str]] = [
     ({"metadata": '"a string"'}, "JSON object"),
     ({"metadata": {"blob": "x" * 20000}}, "limit"),
     ({"metadata": {"f": float("nan")}}, "JSON"),
+    # What no store takes as it is: refused with the field named, never stored altered.
+    ({"metadata": {"note": "a\x00b"}}, "NUL character"),
+    ({"metadata": {"\ud800": 1}}, "lone UTF-16 surrogate"),
+    ({"metadata": {"a": [{"b": "\udfff"}]}}, "lone UTF-16 surrogate"),
+    ({"callback_url": "https://hooks.example.com/\udc00"}, "lone UTF-16 surrogate"),
     ({"region": "Guangzhou"}, "region"),
     ({"region": "ap guangzhou"}, "region"),
     ({"expected_duration_s": 0}, "above 0"),
@@ -117,6 +122,7 @@ BAD_INPUTS: list[tuple[dict[str, Any], str]] = [
     ({"expected_duration_s": "soon"}, "not a number"),
     ({"expected_duration_s": float("inf")}, "number of seconds"),
     ({"expected_duration_s": True}, "number of seconds"),
+    ({"expected_duration_s": 10**400}, "seconds"),  # 400 digits: past a float
 ]
 
 

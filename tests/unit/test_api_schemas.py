@@ -10,6 +10,7 @@ from jobtracker.models import JobTransition, TrackedJob, WebhookAttempt, Webhook
 from worker.api.schemas import (
     ENQUEUE_FIELDS,
     Attempt,
+    AttemptPage,
     Delivery,
     Job,
     Transition,
@@ -48,4 +49,6 @@ def test_transition_delivery_and_attempt_models_match_their_dicts() -> None:
     assert set(Attempt.model_fields) == set(attempt.to_dict())
     delivery = WebhookDelivery(id="msg_1", tracked_job_id=1, event_type="job.failed", url="u")
     full = delivery.to_dict(attempts=[attempt], payload=True)
-    assert set(Delivery.model_fields) == set(full)
+    # The job's detail adds where the older attempts are (worker/api/queries.detail).
+    assert set(Delivery.model_fields) == {*full, "attempt_log_next_cursor"}
+    assert set(AttemptPage.model_fields) == {"attempts", "next_cursor"}

@@ -1,10 +1,12 @@
 """The service API as an ASGI application: :func:`create_app`.
 
 The layers, outermost first: :class:`~worker.api.observe.Observe` (metrics, access log),
-:class:`~worker.api.body.BodyLimit` (no body over the cap is buffered), then FastAPI's routing
-with the error handlers of :mod:`worker.api.errors`. On start-up the app opens its
-:class:`~worker.api.waiting.Waiters` watcher thread; on shutdown it answers every waiting request
-at once, then stops the thread.
+:class:`~worker.api.guard.Gate` (a ``/v1`` request whose token needs no lookup to be refused is
+refused here), :class:`~worker.api.body.BodyLimit` (no body over the cap is buffered),
+:class:`~worker.api.errors.Contain` (an unexpected exception is a 500, logged without the
+request's values), then FastAPI's routing with the error handlers of :mod:`worker.api.errors`.
+On start-up the app opens its :class:`~worker.api.waiting.Waiters` watcher thread; on shutdown
+it answers every waiting request at once, then stops the thread.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from fastapi import FastAPI
 from worker.api import deliveries, errors, health, jobs
 from worker.api.auth import ApiContext
 from worker.api.body import BodyLimit
+from worker.api.guard import AuthGuard, Gate
 from worker.api.observe import Observe
 from worker.api.ratelimit import ClientRateLimit
 from worker.api.waiting import Waiters
@@ -42,10 +45,12 @@ def _version() -> str:
 
 
 def create_app(settings: Settings) -> FastAPI:
+    guard = AuthGuard(settings.api_auth_failures_per_min)
     context = ApiContext(
         settings=settings,
         rate_limit=ClientRateLimit(settings),
         waiters=Waiters(settings),
+        guard=guard,
         head_revision=head_revision(),
     )
 
@@ -71,6 +76,8 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     for router in (jobs.router, deliveries.router, health.router):
         app.include_router(router)
+    app.add_middleware(errors.Contain)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(Gate, guard=guard)
     app.add_middleware(Observe)
     return app

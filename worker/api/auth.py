@@ -3,8 +3,11 @@
 Every ``/v1`` route depends on :func:`require` with the scope it needs: ``enqueue`` for POSTs and
 redelivery, ``read`` for GETs (``admin`` has both, on every job). The answer is 401 without a
 valid token (missing, unknown, expired after a rotation, or its client revoked), 429 over the
-client's rate, and 403 outside its scopes. The token itself goes no further than this module and
-the hash lookup: it is never logged or put in an answer.
+client's rate, and 403 outside its scopes. What a request without a valid token may cost is
+bounded by :mod:`worker.api.guard`, whose Gate answers before routing (no lookup for a missing,
+malformed or recently refused token, nor for an address over its budget of failed
+authentications: 429). The token itself goes no
+further than this module, the guard and the hash lookup: it is never logged or put in an answer.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from jobtracker.models import Scope
 from worker.api import queries
 from worker.api.errors import ApiError
+from worker.api.guard import CHALLENGE, INVALID, NO_TOKEN, AuthGuard
 from worker.api.ratelimit import ClientRateLimit
 from worker.api.waiting import Waiters
 from worker.clients.registry import Caller
@@ -31,7 +35,6 @@ bearer = HTTPBearer(
     description="A client token from `jobtracker clients add` (jt_...).",
 )
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
-_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="jobtracker"'}
 
 
 @dataclass
@@ -41,6 +44,7 @@ class ApiContext:
     settings: Settings
     rate_limit: ClientRateLimit
     waiters: Waiters
+    guard: AuthGuard
     #: The migration this code needs, for /readyz.
     head_revision: str | None
 
@@ -62,17 +66,16 @@ def require(scope: Scope) -> Callable[..., Awaitable[Caller]]:
     """A route dependency: the calling client, which must hold ``scope``."""
 
     async def caller(request: Request, credentials: Credentials) -> Caller:
-        if credentials is None:
-            raise ApiError(
-                401, "send the client token as Authorization: Bearer <token>", headers=_CHALLENGE
-            )
-        found, retry_after = await to_thread.run_sync(
-            context(request).admit, credentials.credentials
-        )
+        ctx = context(request)
+        if credentials is None:  # the Gate answers these first; this is its second line
+            raise ApiError(401, NO_TOKEN, headers=CHALLENGE)
+        found, retry_after = await to_thread.run_sync(ctx.admit, credentials.credentials)
         if found is None:
-            raise ApiError(
-                401, "the token is not valid (unknown, expired or revoked)", headers=_CHALLENGE
+            ctx.guard.failed(
+                credentials.credentials, request.client.host if request.client else None
             )
+            request.state.quiet = True  # counted; logged at DEBUG like the Gate's refusals
+            raise ApiError(401, INVALID, headers=CHALLENGE)
         # For the access log line and the metrics (observe.py): the client's name, never the token.
         request.state.client = found.name
         if retry_after is not None:

@@ -2,8 +2,8 @@
 
 Every 4xx and 5xx answer has this body, whoever raised it: our routes (:class:`ApiError`),
 FastAPI's parameter checks (a query parameter that is not a number...), Starlette's routing (an
-unknown path, a wrong method) and unexpected exceptions (a 500 that says nothing of the cause,
-which is logged instead).
+unknown path, a wrong method) and unexpected exceptions (:class:`Contain`: a 500 that says nothing
+of the cause, which is logged instead, without the values the request carried).
 """
 
 from __future__ import annotations
@@ -15,7 +15,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from worker.jsonsafe import clean_text
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +61,11 @@ class ApiError(Exception):
 
 
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code, "message": message}
+    # A message or field may quote the caller's text, which may hold a lone surrogate (legal in
+    # a JSON escape, unencodable as UTF-8): the answer must still be JSON.
+    error: dict[str, Any] = {"code": code, "message": clean_text(message)}
     if field is not None:
-        error["field"] = field
+        error["field"] = clean_text(field)
     return {"error": error}
 
 
@@ -96,18 +102,66 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(ApiError(exc.status_code, message, headers=exc.headers))
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.error(
-        "unexpected error answering %s %s",
-        request.method,
-        request.url.path,
-        exc_info=(type(exc), exc, exc.__traceback__),
-    )
-    return error_response(ApiError(500, "internal error; the server logged the cause"))
+class Unexpected(Exception):
+    """What the log says of an exception nobody answered: no value a request carried."""
+
+
+def describe(exc: BaseException) -> str:
+    """``exc`` for a log line. A database error is told by its class, SQLSTATE and statement,
+    never by its message: PostgreSQL quotes the failing row there (``DETAIL: Failing row
+    contains (...)``), callback URLs with their ``?token=`` included."""
+    if isinstance(exc, DBAPIError):
+        orig = exc.orig
+        state = getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None)
+        statement = " ".join((exc.statement or "").split())[:200]
+        return (
+            f"{type(exc).__name__} from the database ({type(orig).__name__}"
+            f"{f', {state}' if state else ''}) running: {statement}"
+        )
+    return f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+class Contain:
+    """ASGI middleware: an exception nobody answered becomes a 500 in the one error format,
+    logged once, by :func:`describe`.
+
+    Inside Starlette's ``ServerErrorMiddleware``, which would re-raise it after answering: the
+    server would then log the exception's own text (a database error's parameters and failing
+    row) a second time.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def noted(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noted)
+        except Exception as exc:
+            # The traceback's frames, with describe()'s message: never the exception's text.
+            told = Unexpected(describe(exc)).with_traceback(exc.__traceback__)
+            log.error(
+                "unexpected error answering %s %s",
+                scope.get("method", ""),
+                # The route's template, as the access log: the path holds the caller's values.
+                getattr(scope.get("route"), "path", None) or "(no route)",
+                exc_info=(Unexpected, told, told.__traceback__),
+            )
+            if not started:
+                failed = ApiError(500, "internal error; the server logged the cause")
+                await error_response(failed)(scope, receive, send)
 
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)

@@ -9,7 +9,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
-from jobtracker.models import JobStatus, Scope, utcnow
+from jobtracker.models import JobStatus, Scope
 from worker.api import queries
 from worker.api.auth import context, require
 from worker.api.body import read_json_object
@@ -29,7 +29,7 @@ from worker.catalogue.table import PROVIDERS
 from worker.clients.registry import Caller
 from worker.errors import EnqueueError
 from worker.flow.enqueue import EnqueueRequest, validate
-from worker.inspection.queries import STATUS_GROUPS, parse_time
+from worker.inspection.queries import STATUS_GROUPS
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -121,7 +121,8 @@ _READ_ERRORS = errors(401, 403, 404, 422, 429, 503)
     "/{id}", summary="One job by tracked id", response_model=JobDetail, responses=_READ_ERRORS
 )
 async def get_job(request: Request, caller: Reader, id: JobPk, wait: Wait = 0) -> JSONResponse:
-    """The job, its transitions and its callback messages (each with every attempt)."""
+    """The job, its transitions and its callback messages, each with its newest attempts (see
+    ``GET /v1/deliveries/{id}/attempts`` for the older ones)."""
     return await _answer(request, caller, id, wait)
 
 
@@ -192,16 +193,10 @@ async def list_jobs(
     ctx = context(request)
     statuses = _checked(status or [], [*(s.value for s in JobStatus), *STATUS_GROUPS], "status")
     kinds = _checked(kind or [], list(PROVIDERS), "kind")
-    since_at = None
-    if since is not None:
-        try:
-            since_at = parse_time(since, now=utcnow())
-        except ValueError as exc:
-            raise ApiError(422, f"since: {exc}", field="since") from None
     query = queries.PageQuery(
         statuses=statuses,
         kinds=kinds,
-        since=since_at,
+        since=since,
         before_id=None if cursor is None else queries.decode_cursor(cursor),
         limit=limit,
     )

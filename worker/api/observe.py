@@ -4,7 +4,9 @@ A pure ASGI middleware (no buffering): it notes the status the app sends and, wh
 done, records ``jobtracker_api_requests_total{route,method,status}`` and its duration under the
 route's *template* (``/v1/jobs/{id}``; ``unmatched`` for unknown paths), then logs
 ``api GET /v1/jobs/{id} -> 200`` with the client's name and the latency. The path's values, the
-query string and the headers (the token) are never logged. Health checks log at DEBUG only.
+query string and the headers (the token) are never logged. Health checks, and requests refused
+for their token (:mod:`worker.api.guard`: a flood of them must not flood the log; they are
+counted), log at DEBUG only.
 """
 
 from __future__ import annotations
@@ -41,12 +43,13 @@ class Observe:
             await self.app(scope, receive, noted)
         finally:
             elapsed = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            state = scope.get("state", {})
+            route = getattr(scope.get("route"), "path", None) or state.get("route") or "unmatched"
             method = str(scope.get("method", ""))
             record_api_request(route, method, status, elapsed)
-            client = scope.get("state", {}).get("client")
+            client = state.get("client")
             log.log(
-                logging.DEBUG if route in _QUIET else logging.INFO,
+                logging.DEBUG if route in _QUIET or state.get("quiet") else logging.INFO,
                 "api %s %s -> %d",
                 method,
                 route,

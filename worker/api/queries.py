@@ -21,16 +21,23 @@ from sqlalchemy.orm import Session
 from jobtracker.models import TERMINAL_STATUSES, TrackedJob, WebhookDelivery
 from worker import clock
 from worker.api.errors import ApiError
+from worker.api.schemas import ATTEMPTS_SHOWN
 from worker.clients.registry import Caller, authenticate
 from worker.db import get_engine, session_scope
+from worker.errors import EnqueueError, NotFoundError
 from worker.flow.deliver import redeliver
 from worker.flow.enqueue import EnqueueRequest, insert_job
-from worker.inspection.queries import expand_statuses, job_detail
+from worker.inspection.queries import attempts_page, expand_statuses, job_detail, parse_time
 from worker.runtime.migrate import current_revision
 from worker.settings import Settings
 
 NOT_FOUND = "no such job"
-_CURSOR_PREFIX = "v1:"
+#: What a cursor's text starts with, for each kind of row it pages.
+JOB_CURSOR = "v1:"
+ATTEMPT_CURSOR = "a1:"
+
+#: Tries of an enqueue that lost a race with the retention (see :func:`enqueue`).
+_PRUNE_RACE_TRIES = 3
 
 
 def identify(settings: Settings, token: str) -> Caller | None:
@@ -52,27 +59,65 @@ def enqueue(
     The same client asking again gets its job back (idempotent). A job tracked for another
     client, or enqueued another way, is a conflict, and the answer says nothing more of it.
     """
-    with session_scope(settings) as session:
-        job, created = insert_job(
-            session,
-            request,
-            deadline_s=settings.job_deadline_s,
-            now=clock.now(settings),
-            client_id=caller.id,
-        )
-        if not created and job.client_id != caller.id and not caller.admin:
-            raise ApiError(
-                409,
-                "this (kind, region, job_id) is already tracked for someone else",
-                code="already_tracked",
-            )
-        return job.to_dict(), created
+    for _ in range(_PRUNE_RACE_TRIES):
+        try:
+            with session_scope(settings) as session:
+                job, created = insert_job(
+                    session,
+                    request,
+                    deadline_s=settings.job_deadline_s,
+                    now=clock.now(settings),
+                    client_id=caller.id,
+                )
+                if not created and job.client_id != caller.id and not caller.admin:
+                    raise ApiError(
+                        409,
+                        "this (kind, region, job_id) is already tracked for someone else",
+                        code="already_tracked",
+                    )
+                return job.to_dict(), created
+        except EnqueueError:
+            # The retention removed the job, then its tombstone, between our insert and our
+            # read: neither is there now, so a new transaction tracks it afresh.
+            continue
+    raise ApiError(
+        409,
+        "the retention is removing this job right now; retry",
+        code="being_pruned",
+        headers={"Retry-After": "1"},
+    )
 
 
 def detail(settings: Settings, caller: Caller, job_pk: int) -> dict[str, Any]:
-    """The job with its transitions and callbacks (each with every attempt)."""
+    """The job with its transitions and callbacks, each with its newest attempts (at most
+    :data:`ATTEMPTS_SHOWN`: a message redelivered in a loop must not make this unbounded) and
+    the cursor of the older ones."""
     with session_scope(settings) as session:
-        return job_detail(session, _visible(caller, session.get(TrackedJob, job_pk)))
+        job = _visible(caller, session.get(TrackedJob, job_pk))
+        found = job_detail(session, job, attempts_shown=ATTEMPTS_SHOWN)
+    for delivery in found["deliveries"]:
+        older = delivery.pop("older_attempts")
+        oldest_shown = delivery["attempt_log"][0]["id"] if older else None
+        delivery["attempt_log_next_cursor"] = (
+            None if oldest_shown is None else encode_cursor(oldest_shown, ATTEMPT_CURSOR)
+        )
+    return found
+
+
+def attempts(
+    settings: Settings, caller: Caller, delivery_id: str, cursor: str | None, limit: int
+) -> dict[str, Any]:
+    """A page of one of the caller's messages' attempts, newest first."""
+    before_id = None if cursor is None else decode_cursor(cursor, ATTEMPT_CURSOR)
+    with session_scope(settings) as session:
+        _owned_delivery(session, caller, delivery_id)
+        rows = attempts_page(session, delivery_id, limit=limit + 1, before_id=before_id)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "attempts": [attempt.to_dict() for attempt in rows],
+        "next_cursor": encode_cursor(rows[-1].id, ATTEMPT_CURSOR) if more else None,
+    }
 
 
 def find(settings: Settings, caller: Caller, kind: str, region: str, job_id: str) -> int:
@@ -98,23 +143,30 @@ def is_active(settings: Settings, job_pk: int) -> bool:
 class PageQuery:
     statuses: Sequence[str] = ()
     kinds: Sequence[str] = ()
-    since: datetime | None = None
+    #: ``?since=`` as sent: an age before the database's now, or a time (:func:`parse_time`).
+    since: str | None = None
     #: Only jobs older (smaller id) than this one: the previous page's last.
     before_id: int | None = None
     limit: int = 50
 
 
-def encode_cursor(job_pk: int) -> str:
-    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{job_pk}".encode()).decode().rstrip("=")
+def encode_cursor(pk: int, prefix: str = JOB_CURSOR) -> str:
+    """An opaque cursor for the rows below ``pk`` (``prefix``: which kind of row)."""
+    return base64.urlsafe_b64encode(f"{prefix}{pk}".encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> int:
+def decode_cursor(cursor: str, prefix: str = JOB_CURSOR) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raw = ""
-    number = raw.removeprefix(_CURSOR_PREFIX)
-    if not raw.startswith(_CURSOR_PREFIX) or not number.isdigit() or len(number) > 18:
+    number = raw.removeprefix(prefix)
+    if (
+        not raw.startswith(prefix)
+        or not number.isascii()
+        or not number.isdigit()
+        or len(number) > 18
+    ):
         raise ApiError(
             422, "cursor: not a cursor this API gave (use next_cursor as is)", field="cursor"
         )
@@ -135,7 +187,7 @@ def page(settings: Settings, caller: Caller, query: PageQuery) -> dict[str, Any]
     if query.kinds:
         stmt = stmt.where(TrackedJob.kind.in_(list(query.kinds)))
     if query.since is not None:
-        stmt = stmt.where(TrackedJob.created_at >= query.since)
+        stmt = stmt.where(TrackedJob.created_at >= _since(settings, query.since))
     if query.before_id is not None:
         stmt = stmt.where(TrackedJob.id < query.before_id)
     stmt = stmt.order_by(TrackedJob.id.desc()).limit(query.limit + 1)
@@ -149,11 +201,22 @@ def page(settings: Settings, caller: Caller, query: PageQuery) -> dict[str, Any]
         }
 
 
+def _since(settings: Settings, text: str) -> datetime:
+    # The database's clock, as the rows' created_at: a host clock that is off would shift it.
+    try:
+        return parse_time(text, now=clock.now(settings))
+    except ValueError as exc:
+        raise ApiError(422, f"since: {exc}", field="since") from None
+
+
 def redeliver_for(settings: Settings, caller: Caller, delivery_id: str) -> dict[str, Any]:
     """Make one of the caller's callback messages due now; the worker's sweep sends it."""
     with session_scope(settings) as session:
         _owned_delivery(session, caller, delivery_id)
-    delivery = redeliver(settings, delivery_id)
+    try:
+        delivery = redeliver(settings, delivery_id)
+    except NotFoundError:  # the retention removed it since the ownership check
+        raise ApiError(404, "no such delivery") from None
     return delivery.to_dict()
 
 

@@ -26,6 +26,8 @@ MAX_WAIT_S = 60.0
 #: Jobs per page: the default and the most one page may have.
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
+#: Attempts of each callback message in a job's detail: the newest this many.
+ATTEMPTS_SHOWN = 20
 
 #: The keys of a ``POST /v1/jobs`` body -> (required, JSON schema for the docs). The rules are
 #: validate()'s; these schemas only describe them.
@@ -169,7 +171,16 @@ class Delivery(BaseModel):
     created_at: str | None
     updated_at: str | None
     delivered_at: str | None
-    attempt_log: list[Attempt] | None = None
+    attempt_log: list[Attempt] | None = Field(
+        default=None,
+        description=f"In a job's detail: the newest attempts (at most {ATTEMPTS_SHOWN}), oldest "
+        "first.",
+    )
+    attempt_log_next_cursor: str | None = Field(
+        default=None,
+        description="Set when the message has older attempts than attempt_log shows: pass it as "
+        "?cursor= to GET /v1/deliveries/{id}/attempts.",
+    )
     payload: dict[str, Any] | None = None
 
 
@@ -177,6 +188,13 @@ class JobDetail(BaseModel):
     job: Job
     transitions: list[Transition]
     deliveries: list[Delivery]
+
+
+class AttemptPage(BaseModel):
+    attempts: list[Attempt] = Field(description="Newest first.")
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next (older) page; null on the last page."
+    )
 
 
 class JobPage(BaseModel):

@@ -16,6 +16,12 @@ process learns which jobs ended and wakes their waiters through the event loop:
 
 A waiter re-reads its job after registering, so a job that ended between the request's first
 read and the registration is not missed.
+
+**Nothing stops the watcher for good.** Any database role may ``NOTIFY jobtracker_terminal``
+with any payload: what is not a list of ids is ignored. Whatever else goes wrong (a lost
+connection, a bug), :meth:`Waiters._supervise` logs it, counts it in
+``jobtracker_api_wait_watcher_restarts_total`` and starts the watcher again (after 1 s, doubling
+up to 30 s while it keeps failing); its first act is the sweep, so no end is missed meanwhile.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from jobtracker.models import TERMINAL_STATUSES, TrackedJob
 from worker.api.errors import ApiError
 from worker.db import get_engine, libpq_url
 from worker.flow.transition import TERMINAL_CHANNEL
-from worker.observe.metrics import API_WAITING
+from worker.observe.metrics import API_WAIT_WATCHER_RESTARTS, API_WAITING
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,6 +54,24 @@ SAFETY_SWEEP_S = 5.0
 #: Waited jobs per query.
 _CHUNK = 500
 _TERMINAL = [s.value for s in TERMINAL_STATUSES]
+#: The wait before restarting a failed watcher: doubling from the first to the last while it
+#: keeps failing, back to the first after it ran :data:`HEALTHY_RUN_S`.
+RESTART_DELAYS_S = (1.0, 30.0)
+HEALTHY_RUN_S = 60.0
+#: How the listening connection shows in ``pg_stat_activity``.
+APPLICATION_NAME = "jobtracker-api-waiters"
+
+
+def job_ids(payload: str) -> list[int]:
+    """The tracked job ids of a notification's payload (``"12,13"``); whatever is not one (a
+    stray ``NOTIFY`` from another program) is left out."""
+    ids = []
+    for part in payload.split(","):
+        part = part.strip()
+        # At most 18 digits: any such number is a valid BIGINT, and no larger id exists.
+        if part.isascii() and part.isdigit() and len(part) <= 18:
+            ids.append(int(part))
+    return ids
 
 
 class Waiters:
@@ -73,7 +97,9 @@ class Waiters:
         self._loop = asyncio.get_running_loop()
         postgres = get_engine(self.settings).dialect.name == "postgresql"
         target = self._listen if postgres else self._poll
-        self._thread = threading.Thread(target=target, name="jobtracker-api-waiters", daemon=True)
+        self._thread = threading.Thread(
+            target=self._supervise, args=(target,), name="jobtracker-api-waiters", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -157,6 +183,31 @@ class Waiters:
         if mine and self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake, mine)
 
+    def _supervise(self, watch: Callable[[], None]) -> None:
+        """Run ``watch`` until :meth:`stop`; restart it, counted, whenever it fails."""
+        first, last = RESTART_DELAYS_S
+        delay = first
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                watch()
+            except Exception as exc:
+                API_WAIT_WATCHER_RESTARTS.inc()
+                if time.monotonic() - started >= HEALTHY_RUN_S:
+                    delay = first
+                # A lost connection is the database's to tell; anything else is a bug here.
+                lost = isinstance(exc, psycopg.OperationalError)
+                log.log(
+                    logging.WARNING if lost else logging.ERROR,
+                    "wait: the watcher failed (%s: %s); restarting it in %g s",
+                    type(exc).__name__,
+                    str(exc)[:200],
+                    delay,
+                    exc_info=not lost,
+                )
+                self._stop.wait(delay)
+                delay = min(last, delay * 2)
+
     def _poll(self) -> None:
         """SQLite (or any database without notifications): one query for all waiters."""
         engine = get_engine(self.settings)
@@ -179,24 +230,23 @@ class Waiters:
                 log.warning("wait: cannot read the database: %s", exc)
 
     def _listen(self) -> None:
-        """PostgreSQL: LISTEN for the ids the status writer NOTIFYs at commit."""
+        """PostgreSQL: LISTEN for the ids the status writer NOTIFYs at commit, on one
+        connection, until :meth:`stop` (or until it fails: :meth:`_supervise` starts again)."""
         dsn = libpq_url(self.settings.database_url)
-        while not self._stop.is_set():
-            try:
-                with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
-                    conn.execute(f"LISTEN {TERMINAL_CHANNEL}")
-                    log.debug("wait: listening on %s", TERMINAL_CHANNEL)
-                    self._sweep(conn)  # whatever ended while we were not listening
+        with psycopg.connect(
+            dsn, autocommit=True, connect_timeout=5, application_name=APPLICATION_NAME
+        ) as conn:
+            conn.execute(f"LISTEN {TERMINAL_CHANNEL}")
+            log.debug("wait: listening on %s", TERMINAL_CHANNEL)
+            self._sweep(conn)  # whatever ended while we were not listening
+            next_sweep = time.monotonic() + SAFETY_SWEEP_S
+            while not self._stop.is_set():
+                # notifies(timeout=) needs psycopg 3.2 (pyproject's lower bound).
+                for note in conn.notifies(timeout=0.5):
+                    self._ended(job_ids(note.payload))
+                if time.monotonic() >= next_sweep:
+                    self._sweep(conn)
                     next_sweep = time.monotonic() + SAFETY_SWEEP_S
-                    while not self._stop.is_set():
-                        for note in conn.notifies(timeout=0.5):
-                            self._ended(int(pk) for pk in note.payload.split(",") if pk)
-                        if time.monotonic() >= next_sweep:
-                            self._sweep(conn)
-                            next_sweep = time.monotonic() + SAFETY_SWEEP_S
-            except psycopg.Error as exc:
-                log.warning("wait: the listening connection failed (%s); reconnecting", exc)
-                self._stop.wait(1.0)
 
     def _sweep(self, conn: psycopg.Connection[Any]) -> None:
         watched = self._watched()

@@ -1,8 +1,12 @@
-"""``jobtracker clients add / list / revoke / rotate-token / rotate-secret``: who may call the
-service API.
+"""``jobtracker clients add / list / revoke / rotate-token / rotate-secret / rotate-master``: who
+may call the service API.
 
 A token and a webhook secret are printed once, when they are made, and never again: only the
 token's hash is stored, and the secret is derived when a callback is signed. Lost one? Rotate it.
+
+Every time these commands write (a revocation, a token's expiry, the end of a secret's grace
+period) is the database's (:func:`worker.clock.now`), the clock the API and the worker compare
+them with: a host clock that is off would end a grace period early or late.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from typing import Any
 
 import click
 
-from jobtracker.models import Scope, utcnow
+from jobtracker.models import Scope
+from worker import clock
 from worker.cli.common import AGE, JSON_OPTION, fail, print_json, read_settings, ready_settings
 from worker.cli.tables import clients_table, format_time
 from worker.clients.registry import (
@@ -20,6 +25,7 @@ from worker.clients.registry import (
     add_client,
     client_dict,
     list_clients,
+    master_rotation,
     revoke_client,
     rotate_secret,
     rotate_token,
@@ -45,7 +51,7 @@ def _grace_s(settings: Settings, grace: timedelta | None) -> float:
 
 
 def _show(issued: Issued, settings: Settings, as_json: bool, what: str) -> None:
-    now = utcnow()
+    now = clock.now(settings)
     with session_scope(settings) as session:
         entry = client_dict(session, session.merge(issued.client), now=now)
     if as_json:
@@ -89,7 +95,11 @@ def add(name: str, scopes: tuple[str, ...], as_json: bool) -> None:
     try:
         with session_scope(settings) as session:
             issued = add_client(
-                session, name, scopes, master_key=settings.client_secret_key, now=utcnow()
+                session,
+                name,
+                scopes,
+                master_key=settings.client_secret_key,
+                now=clock.now(settings),
             )
     except NoClientSecretKey as exc:
         fail(str(exc), 2)
@@ -103,7 +113,7 @@ def add(name: str, scopes: tuple[str, ...], as_json: bool) -> None:
 def list_(as_json: bool) -> None:
     """List clients, their scopes and tokens (prefixes only), revoked ones included."""
     settings = read_settings()
-    now = utcnow()
+    now = clock.now(settings)
     with session_scope(settings) as session:
         rows = list_clients(session, now=now)
     if as_json:
@@ -123,7 +133,7 @@ def revoke(name: str) -> None:
     settings = read_settings()
     try:
         with session_scope(settings) as session:
-            revoke_client(session, name, now=utcnow())
+            revoke_client(session, name, now=clock.now(settings))
     except NotFoundError as exc:
         fail(str(exc), 1)
     click.echo(f"client {name!r} revoked: its tokens no longer work")
@@ -138,7 +148,9 @@ def rotate_token_command(name: str, grace: timedelta | None, as_json: bool) -> N
     settings = read_settings()
     try:
         with session_scope(settings) as session:
-            issued = rotate_token(session, name, grace_s=_grace_s(settings, grace), now=utcnow())
+            issued = rotate_token(
+                session, name, grace_s=_grace_s(settings, grace), now=clock.now(settings)
+            )
     except (NotFoundError, ClientError) as exc:
         fail(str(exc), 1)
     _show(issued, settings, as_json, "has a new token")
@@ -158,10 +170,53 @@ def rotate_secret_command(name: str, grace: timedelta | None, as_json: bool) -> 
                 name,
                 master_key=settings.client_secret_key,
                 grace_s=_grace_s(settings, grace),
-                now=utcnow(),
+                now=clock.now(settings),
             )
     except NoClientSecretKey as exc:
         fail(str(exc), 2)
     except (NotFoundError, ClientError) as exc:
         fail(str(exc), 1)
     _show(issued, settings, as_json, "has a new webhook secret")
+
+
+@clients.command("rotate-master")
+@JSON_OPTION
+def rotate_master_command(as_json: bool) -> None:
+    """Print each client's webhook secret under the new master key, for a master key rotation.
+
+    Set the new key in JOBTRACKER_CLIENT_SECRET_KEY and the old one in
+    JOBTRACKER_CLIENT_SECRET_KEY_PREVIOUS first (here and where the worker runs): both sign
+    every callback until the previous one is unset. Nothing is stored (the secrets are derived),
+    so running this again prints the same secrets.
+    """
+    settings = read_settings()
+    try:
+        with session_scope(settings) as session:
+            rotated = [
+                (client.name, client.revoked_at is not None, secret)
+                for client, secret in master_rotation(
+                    session,
+                    master_key=settings.client_secret_key,
+                    previous_key=settings.client_secret_key_previous,
+                )
+            ]
+    except NoClientSecretKey as exc:
+        fail(str(exc), 2)
+    if as_json:
+        print_json(
+            [
+                {"client": name, "revoked": revoked, "webhook_secret": secret}
+                for name, revoked, secret in rotated
+            ]
+        )
+        return
+    if not rotated:
+        click.echo("no API clients: nothing to hand over", err=True)
+        return
+    click.echo(
+        "each client's new webhook secret (hand each to its client; until "
+        "JOBTRACKER_CLIENT_SECRET_KEY_PREVIOUS is unset, callbacks are signed with the old "
+        "secrets too):"
+    )
+    for name, revoked, secret in rotated:
+        click.echo(f"  {name}{' (revoked)' if revoked else ''}: {secret}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -12,7 +13,6 @@ import click
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from jobtracker.models import utcnow
 from worker.errors import ConfigError
 from worker.inspection.queries import parse_age, parse_time
 from worker.observe.logs import configure_logging
@@ -86,18 +86,32 @@ class _Age(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+@dataclass(frozen=True)
+class TimeArg:
+    """A TIME as typed: an age is counted back from the database's now, when the command runs
+    (:meth:`at` with :func:`worker.clock.now`), not from this host's clock."""
+
+    text: str
+
+    def at(self, now: datetime) -> datetime:
+        return parse_time(self.text, now=now)
+
+
 class _Time(click.ParamType):
-    """An age before now (``2h``) or an ISO-8601 time."""
+    """An age before now (``2h``) or an ISO-8601 time: a :class:`TimeArg`."""
 
     name = "TIME"
+    #: Any moment checks the syntax (an age's bounds do not depend on it).
+    _CHECKED_AT = datetime(2000, 1, 1, tzinfo=UTC)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, datetime):
+        if isinstance(value, TimeArg):
             return value
         try:
-            return parse_time(str(value), now=utcnow())
+            parse_time(str(value), now=self._CHECKED_AT)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+        return TimeArg(str(value))
 
 
 AGE = _Age()

@@ -20,6 +20,7 @@ from worker.cli.common import (
     JSON_OPTION,
     LIMIT_OPTION,
     TIME,
+    TimeArg,
     fail,
     print_json,
     read_settings,
@@ -159,11 +160,12 @@ def deliveries(statuses: tuple[str, ...], job: int | None, limit: int, as_json: 
 @click.argument("delivery_id", required=False)
 @click.option(
     "--failed-since",
+    "failed_since_arg",
     type=TIME,
     help="Instead of one id: every callback that ended failed since TIME (2h, 3d, or ISO-8601).",
 )
 @JSON_OPTION
-def redeliver(delivery_id: str | None, failed_since: datetime | None, as_json: bool) -> None:
+def redeliver(delivery_id: str | None, failed_since_arg: TimeArg | None, as_json: bool) -> None:
     """Send a callback again: a new attempt of the same message, with the same webhook-id.
 
     With DELIVERY_ID the attempt is made right away and its outcome printed (exit status 1 if it
@@ -171,10 +173,11 @@ def redeliver(delivery_id: str | None, failed_since: datetime | None, as_json: b
     worker's next sweep sends them.
     """
 
-    if (delivery_id is None) == (failed_since is None):
+    if (delivery_id is None) == (failed_since_arg is None):
         raise click.UsageError("give either a DELIVERY_ID or --failed-since TIME")
     settings = read_settings()
-    if failed_since is not None:
+    if failed_since_arg is not None:
+        failed_since = failed_since_arg.at(clock.now(settings))
         ids = redeliver_failed(settings, failed_since)
         if as_json:
             print_json({"since": failed_since.isoformat(), "redelivered": ids})

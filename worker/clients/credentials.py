@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 
 #: Every token starts with this, so a leaked one is recognisable (secret scanners, logs).
@@ -27,6 +28,15 @@ TOKEN_PREFIX = "jt_"
 #: 42 of 256 bits shown, far too little to guess the rest.
 SHOWN_PREFIX_CHARS = 10
 _LABEL = b"jobtracker/webhook-secret/v1/"
+
+
+#: Every token new_token() makes: the prefix and 32 bytes in URL-safe base64 (43 characters).
+_TOKEN_RE = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{43}")
+
+
+def is_well_formed(token: str) -> bool:
+    """Whether ``token`` has the form of a token (whether it is one takes a lookup)."""
+    return _TOKEN_RE.fullmatch(token) is not None
 
 
 def new_token() -> str:

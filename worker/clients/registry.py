@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session
 
 from jobtracker.models import ApiClient, ApiToken, Scope, TrackedJob
 from worker.clients.credentials import (
-    TOKEN_PREFIX,
     derive_webhook_secret,
+    is_well_formed,
     new_token,
     same_hash,
     shown_prefix,
@@ -31,8 +31,6 @@ from worker.settings import Settings
 
 #: Client names: what operators type and logs show.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-#: Longer bearer values are not ours; refused without a database query.
-_MAX_TOKEN_CHARS = 128
 
 
 @dataclass(frozen=True)
@@ -181,7 +179,7 @@ def authenticate(conn: Connection, token: str, *, now: datetime) -> Caller | Non
 
     One indexed Core query, no ORM objects: it runs on every API request.
     """
-    if not token.startswith(TOKEN_PREFIX) or len(token) > _MAX_TOKEN_CHARS:
+    if not is_well_formed(token):  # not one of ours: no query
         return None
     digest = token_hash(token)
     row = conn.execute(_AUTHENTICATE, {"digest": digest}).first()
@@ -207,10 +205,16 @@ _AUTHENTICATE = (
 )
 
 
-def webhook_secrets(client: ApiClient, master_key: bytes, *, now: datetime) -> tuple[str, ...]:
-    """The secrets that sign the client's callbacks at ``now``: two during a rotation."""
+def webhook_secrets(
+    client: ApiClient, master_key: bytes, *, now: datetime, previous_key: bytes | None = None
+) -> tuple[str, ...]:
+    """The secrets that sign the client's callbacks at ``now``: two during a rotation of its
+    secret; during a rotation of the master key (``previous_key``), those derived from the
+    previous key too, so a receiver that knows only its old secret still verifies."""
+    keys = [master_key] if previous_key is None else [master_key, previous_key]
     return tuple(
-        derive_webhook_secret(master_key, client.id, generation)
+        derive_webhook_secret(key, client.id, generation)
+        for key in keys
         for generation in client.secret_generations(now)
     )
 
@@ -233,7 +237,35 @@ def callback_secrets(
             f"JOBTRACKER_CLIENT_SECRET_KEY is not set: cannot sign the callbacks of API client "
             f"{client.name!r}; set it and restart the worker"
         )
-    return webhook_secrets(client, settings.client_secret_key, now=now)
+    return webhook_secrets(
+        client,
+        settings.client_secret_key,
+        now=now,
+        previous_key=settings.client_secret_key_previous,
+    )
+
+
+def master_rotation(
+    session: Session, *, master_key: bytes | None, previous_key: bytes | None
+) -> list[tuple[ApiClient, str]]:
+    """Each client (revoked ones too: their jobs' callbacks are still signed) with its webhook
+    secret under the new master key, to hand to it during a master key rotation.
+
+    Nothing is written: the secrets are derived, and both keys sign until the previous one is
+    unset. Raises :class:`NoClientSecretKey` unless both keys are set (and differ, which the
+    settings check).
+    """
+    if master_key is None or previous_key is None:
+        raise NoClientSecretKey(
+            "a master key rotation needs the new key in JOBTRACKER_CLIENT_SECRET_KEY and the "
+            "old one in JOBTRACKER_CLIENT_SECRET_KEY_PREVIOUS (set both where the worker runs "
+            "too, so both sign meanwhile)"
+        )
+    clients = session.execute(select(ApiClient).order_by(ApiClient.name)).scalars()
+    return [
+        (client, derive_webhook_secret(master_key, client.id, client.secret_generation))
+        for client in clients
+    ]
 
 
 def client_dict(session: Session, client: ApiClient, *, now: datetime) -> dict[str, Any]:

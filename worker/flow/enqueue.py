@@ -26,6 +26,7 @@ from worker import clock
 from worker.catalogue.table import PROVIDERS
 from worker.db import session_scope
 from worker.errors import EnqueueError
+from worker.jsonsafe import unstorable
 from worker.settings import REGION_RE, Settings, get_settings
 from worker.webhooks.urls import validate_callback_url
 
@@ -138,6 +139,12 @@ def _validate_duration(value: Any) -> float:
         raise EnqueueError(
             f"expected_duration_s must be a number of seconds, not {_json_type(value)}"
         )
+    # An integer past a float's range (JSON allows thousands of digits) cannot be a float.
+    if isinstance(value, int) and abs(value) > MAX_EXPECTED_DURATION_S:
+        raise EnqueueError(
+            f"expected_duration_s must be above 0 and at most {MAX_EXPECTED_DURATION_S:g} "
+            "seconds (30 days)"
+        )
     if not math.isfinite(value):
         raise EnqueueError("expected_duration_s must be a finite number of seconds")
     if not 0 < value <= MAX_EXPECTED_DURATION_S:
@@ -159,6 +166,9 @@ def _validate_region(region: Any) -> str:
 def _validate_callback(url: Any) -> str:
     if not isinstance(url, str):
         raise EnqueueError(f"callback_url must be a string, not {type(url).__name__}")
+    problem = unstorable(url)
+    if problem:
+        raise EnqueueError(f"callback_url contains {problem}")
     # Syntax only: addresses are resolved and checked when the callback is sent.
     try:
         return validate_callback_url(url)
@@ -183,12 +193,35 @@ def _validate_metadata(metadata: Any) -> dict[str, Any]:
         encoded = json.dumps(metadata, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise EnqueueError(f"metadata is not JSON-serializable: {exc}") from None
+    except RecursionError:
+        raise EnqueueError("metadata nests too deeply") from None
+    # Round-trip so the stored value is plain JSON (no tuples, no non-str keys).
+    result: dict[str, Any] = json.loads(encoded)
+    problem = _unstorable_in(result)
+    if problem:
+        raise EnqueueError(f"metadata contains {problem}")
     size = len(encoded.encode())
     if size > MAX_METADATA_BYTES:
         raise EnqueueError(f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}")
-    # Round-trip so the stored value is plain JSON (no tuples, no non-str keys).
-    result: dict[str, Any] = json.loads(encoded)
     return result
+
+
+def _unstorable_in(value: Any) -> str | None:
+    """What in a JSON value (keys included) no store takes as it is: JSONB refuses NUL, and no
+    UTF-8 encoder writes a lone surrogate (legal as a ``\\ud800`` escape in JSON)."""
+    pending = [value]
+    while pending:  # a loop, not recursion: the nesting is the caller's
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
+        elif isinstance(item, str):
+            problem = unstorable(item)
+            if problem:
+                return problem
+    return None
 
 
 def _json_type(value: Any) -> str:

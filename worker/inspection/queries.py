@@ -44,28 +44,52 @@ _AGE_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _AGE_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
+#: The longest age ``--since`` / ``?since=`` take: anything older than this is "everything", and
+#: ``now`` minus it stays a date (``99999999999d`` would overflow one).
+MAX_AGE = timedelta(days=100 * 365)
+
+
+class NotAnAge(ValueError):
+    """The text is no age at all (it may still be a time)."""
+
+
 def parse_age(text: str) -> timedelta:
-    """``"90s"``, ``"10m"``, ``"2h"``, ``"3d"``, ``"1w"`` or a sum such as ``"1h30m"``."""
+    """``"90s"``, ``"10m"``, ``"2h"``, ``"3d"``, ``"1w"`` or a sum such as ``"1h30m"``, at most
+    :data:`MAX_AGE`; ValueError (a message for the user) otherwise."""
     cleaned = text.strip().lower()
     parts = _AGE_PART.findall(cleaned)
     if not cleaned or "".join(n + u for n, u in parts) != cleaned:
-        raise ValueError(f"{text!r} is not an age such as 30s, 10m, 2h, 3d or 1h30m")
-    return timedelta(seconds=sum(float(n) * _AGE_UNITS_S[u] for n, u in parts))
+        raise NotAnAge(f"{_quoted(text)} is not an age such as 30s, 10m, 2h, 3d or 1h30m")
+    seconds = sum(float(n) * _AGE_UNITS_S[u] for n, u in parts)
+    if not seconds <= MAX_AGE.total_seconds():  # also inf, from 400 digits
+        raise ValueError(f"{_quoted(text)} is longer than {MAX_AGE.days // 365} years")
+    return timedelta(seconds=seconds)
 
 
 def parse_time(text: str, *, now: datetime) -> datetime:
     """An age before ``now`` (``"2h"``) or an ISO-8601 time (UTC unless it names a zone)."""
     try:
         return now - parse_age(text)
-    except ValueError:
+    except NotAnAge:
         pass
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
         raise ValueError(
-            f"{text!r} is neither an age (10m, 2h, 3d) nor an ISO-8601 time (2024-05-01T12:00:00Z)"
+            f"{_quoted(text)} is neither an age (10m, 2h, 3d) nor an ISO-8601 time "
+            "(2024-05-01T12:00:00Z)"
         ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+14:00 is in year 0 in UTC
+        raise ValueError(f"{_quoted(text)} is outside the years 1 to 9999 in UTC") from None
+
+
+def _quoted(text: str, limit: int = 64) -> str:
+    """A caller's text, cut, for quoting in an error."""
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
 def expand_statuses(names: Iterable[str]) -> list[str]:
@@ -150,8 +174,12 @@ def _pruned_note(session: Session, kind: list[str], job_id: str, region: str | N
     )
 
 
-def job_detail(session: Session, job: TrackedJob) -> dict[str, Any]:
-    """The job, its transitions (oldest first) and its callback messages with every attempt."""
+def job_detail(
+    session: Session, job: TrackedJob, *, attempts_shown: int | None = None
+) -> dict[str, Any]:
+    """The job, its transitions (oldest first) and its callback messages with their attempts:
+    every one, or with ``attempts_shown`` the newest that many (oldest first) and, in
+    ``older_attempts``, whether there are older ones."""
     transitions = session.execute(
         select(JobTransition)
         .where(JobTransition.tracked_job_id == job.id)
@@ -162,12 +190,19 @@ def job_detail(session: Session, job: TrackedJob) -> dict[str, Any]:
         .where(WebhookDelivery.tracked_job_id == job.id)
         .order_by(WebhookDelivery.created_at, WebhookDelivery.id)
     ).scalars()
+    shown = []
+    for delivery in deliveries:
+        if attempts_shown is None:
+            shown.append(delivery.to_dict(attempts=attempts_of(session, delivery.id), payload=True))
+            continue
+        newest = attempts_page(session, delivery.id, limit=attempts_shown + 1)
+        entry = delivery.to_dict(attempts=newest[:attempts_shown][::-1], payload=True)
+        entry["older_attempts"] = len(newest) > attempts_shown
+        shown.append(entry)
     return {
         "job": job.to_dict(),
         "transitions": [t.to_dict() for t in transitions],
-        "deliveries": [
-            d.to_dict(attempts=attempts_of(session, d.id), payload=True) for d in deliveries
-        ],
+        "deliveries": shown,
     }
 
 
@@ -206,6 +241,17 @@ def attempts_of(session: Session, delivery_id: str) -> list[WebhookAttempt]:
             .order_by(WebhookAttempt.id)
         ).scalars()
     )
+
+
+def attempts_page(
+    session: Session, delivery_id: str, *, limit: int, before_id: int | None = None
+) -> list[WebhookAttempt]:
+    """A message's attempts newest first, ``limit`` of them, below ``before_id`` if given (one
+    index range: ``ix_webhook_attempts_delivery_id``, however many attempts it has)."""
+    query = select(WebhookAttempt).where(WebhookAttempt.delivery_id == delivery_id)
+    if before_id is not None:
+        query = query.where(WebhookAttempt.id < before_id)
+    return list(session.execute(query.order_by(WebhookAttempt.id.desc()).limit(limit)).scalars())
 
 
 def _ts(value: datetime | None) -> str | None:

@@ -23,8 +23,10 @@ Metric names (all prefixed ``jobtracker_``): ``polls_total{kind,outcome}``,
 ``detection_latency_seconds{kind}``, ``polls_per_job{kind}``,
 ``unpollable_jobs{kind}``, ``database_up``; and in the service API process (``jobtracker api``):
 ``api_requests_total{route,method,status}``, ``api_request_duration_seconds{route,method}``,
-``api_waiting_requests``. ``route`` is the route's template (``/v1/jobs/{id}``), never the
-path itself, so the label set stays small whatever the callers send.
+``api_waiting_requests``, ``api_wait_watcher_restarts_total``,
+``api_rate_gate_fallbacks_total``, ``api_rate_gate_local``, ``api_auth_refusals_total{reason}``.
+``route`` is the route's template (``/v1/jobs/{id}``), never the path itself, so the label set
+stays small whatever the callers send.
 """
 
 from __future__ import annotations
@@ -120,6 +122,29 @@ API_REQUEST_SECONDS = Histogram(
 API_WAITING = Gauge(
     "jobtracker_api_waiting_requests",
     "Service API requests held open by ?wait= until their job ends.",
+)
+API_AUTH_REFUSALS = Counter(
+    "jobtracker_api_auth_refusals",
+    "Service API requests refused for their token, by reason: no_token, malformed, "
+    "refused_before (a token refused within the last minute: no lookup), source_limited (the "
+    "address is over its budget of failed authentications: 429, no lookup), unknown (looked up: "
+    "no such token, expired or revoked).",
+    ["reason"],
+)
+API_RATE_GATE_FALLBACKS = Counter(
+    "jobtracker_api_rate_gate_fallbacks",
+    "Times the service API's shared per-client rate gate (Redis) stopped answering and this "
+    "process began to gate its clients on its own.",
+)
+API_RATE_GATE_LOCAL = Gauge(
+    "jobtracker_api_rate_gate_local",
+    "1 while this service API process gates its clients on its own because Redis does not "
+    "answer; 0 while the shared gate holds them (or there is no Redis to share).",
+)
+API_WAIT_WATCHER_RESTARTS = Counter(
+    "jobtracker_api_wait_watcher_restarts",
+    "Times the service API's ?wait= watcher failed (a lost database connection, an error) and "
+    "was started again.",
 )
 
 

@@ -226,8 +226,10 @@ class RedisStore:
     #: A pace untouched this long is forgotten (it starts again at the ceiling).
     TTL_S = 3600
 
-    def __init__(self, url: str, prefix: str = "jobtracker:pace:") -> None:
-        self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    def __init__(self, url: str, prefix: str = "jobtracker:pace:", *, timeout_s: float = 5) -> None:
+        self._redis = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
         self._prefix = prefix
 
     def transact(

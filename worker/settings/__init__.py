@@ -218,6 +218,15 @@ class Settings:
         "characters); needed by the worker and by `jobtracker clients add/rotate-secret`, not "
         "by `jobtracker api`; never logged or stored",
     )
+    client_secret_key_previous: bytes | None = setting(
+        "JOBTRACKER_CLIENT_SECRET_KEY_PREVIOUS",
+        parse=parse.master_key,
+        secret=True,
+        unset="no master key rotation under way",
+        doc="during a master key rotation, the previous `JOBTRACKER_CLIENT_SECRET_KEY`: the "
+        "secrets derived from it sign each callback too, next to the new ones, until it is "
+        "unset (see Clients, tokens and webhook secrets); never logged or stored",
+    )
     api_host: str = setting(
         "JOBTRACKER_API_HOST",
         "127.0.0.1",
@@ -257,6 +266,14 @@ class Settings:
         40,
         minimum=1,
         doc="requests each API client may make at once, above its average",
+    )
+    api_auth_failures_per_min: float = setting(
+        "JOBTRACKER_API_AUTH_FAILURES",
+        60.0,
+        minimum=0.01,
+        doc="failed authentications (well-formed tokens that are not valid) each client address "
+        "may make per minute, after 20 at once; past that the address gets 429 without a token "
+        "lookup until its budget refills",
     )
     api_rotation_grace_s: float = setting(
         "JOBTRACKER_API_ROTATION_GRACE",
@@ -337,6 +354,13 @@ class Settings:
         if bool(self.secret_id) != bool(self.secret_key):
             raise ConfigError(
                 "set both TENCENTCLOUD_SECRET_ID and TENCENTCLOUD_SECRET_KEY, or neither"
+            )
+        if self.client_secret_key_previous is not None and (
+            self.client_secret_key in (None, self.client_secret_key_previous)
+        ):
+            raise ConfigError(
+                "JOBTRACKER_CLIENT_SECRET_KEY_PREVIOUS is set: set JOBTRACKER_CLIENT_SECRET_KEY "
+                "to the new master key, different from the previous one"
             )
         if self.lease_s <= self.request_deadline_s + self.lease_margin_s:
             # A claim must outlast one whole request and the batch's write, or no job is polled.

@@ -105,6 +105,11 @@ def sign_headers(
     }
 
 
+def is_message_id(text: str) -> bool:
+    """Whether ``text`` could be a ``webhook-id`` (1-64 printable ASCII, no space or dot)."""
+    return _MESSAGE_ID_RE.fullmatch(text) is not None
+
+
 def new_message_id(*, now_ms: int | None = None, randomness: bytes | None = None) -> str:
     """``msg_`` + a ULID: 48-bit milliseconds then 80 random bits, Crockford base32 (30 chars).
 
