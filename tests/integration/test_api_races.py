@@ -20,19 +20,21 @@ import pytest
 from sqlalchemy import Engine, create_engine, select, text
 
 from jobtracker.models import JobStatus, PrunedJob, TrackedJob, WebhookDelivery, utcnow
-from tests import services
 from tests.integration.conftest import Api, unique
 from worker.db import normalize_url, session_scope
 from worker.flow.transition import Move, transition_many
 
 
 @pytest.fixture(scope="module")
-def api_database(pg_template: str) -> Iterator[str]:
+def api_backend() -> str:
     """This module's server runs on PostgreSQL only (see the module's docstring)."""
-    name = services.unique_name("jt_api_races")
-    url = services.create_database(name, template=pg_template)
-    yield url
-    services.drop_database(name)
+    return "postgresql"
+
+
+@pytest.fixture(scope="module")
+def api_env() -> dict[str, str]:
+    """A server and a database of this module's own: its triggers and held locks stay here."""
+    return {"JOBTRACKER_TEST_MODULE": __name__}
 
 
 @pytest.fixture
