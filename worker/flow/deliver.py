@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import requests
-from sqlalchemy import ColumnElement, event, insert, or_, select, update
+from sqlalchemy import ColumnElement, case, event, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from jobtracker.models import DeliveryStatus, WebhookAttempt, WebhookDelivery
@@ -261,9 +261,27 @@ def _attempt(
         session.execute(
             update(WebhookDelivery)
             .where(WebhookDelivery.id == delivery.id, WebhookDelivery.lease_expires_at == lease)
-            .values(**values)
+            .values(**_unless_redelivered(values, delivery.next_attempt_at))
         )
     return str(values.get("status", DeliveryStatus.PENDING.value))
+
+
+def _unless_redelivered(values: dict[str, Any], claimed_next: datetime | None) -> dict[str, Any]:
+    """The attempt's update, except that a redelivery made while it was in flight wins.
+
+    A redelivery moves ``next_attempt_at`` to its "now" and leaves the lease alone; when the
+    column no longer holds what the claim read, the message stays pending and due as the
+    redelivery set it (the next sweep sends it again), whatever this attempt's outcome.
+    """
+    untouched = WebhookDelivery.next_attempt_at == claimed_next
+    pending = DeliveryStatus.PENDING.value
+    kept = dict(values)
+    kept["status"] = case((untouched, values.get("status", pending)), else_=pending)
+    for column in ("next_attempt_at", "delivered_at"):
+        if column in values:
+            current = getattr(WebhookDelivery, column)
+            kept[column] = case((untouched, values[column]), else_=current)
+    return kept
 
 
 def due_deliveries(session: Session, now: datetime, limit: int = SWEEP_LIMIT) -> list[str]:
@@ -301,18 +319,17 @@ def sweep(settings: Settings) -> int:
 
 
 def redeliver(settings: Settings, delivery_id: str) -> WebhookDelivery:
-    """Make a message due now again, whatever its status: a new attempt, same ``webhook-id``."""
+    """Make a message due now again, whatever its status: a new attempt, same ``webhook-id``.
+
+    The lease stays: a message being sent right now is never sent twice at once. Its attempt,
+    when it ends, sees the redelivery and leaves the message due (see :func:`_unless_redelivered`).
+    """
     now = clock.now(settings)
     with session_scope(settings) as session:
         delivery = session.execute(
             update(WebhookDelivery)
             .where(WebhookDelivery.id == delivery_id)
-            .values(
-                status=DeliveryStatus.PENDING.value,
-                next_attempt_at=now,
-                lease_expires_at=None,
-                updated_at=now,
-            )
+            .values(status=DeliveryStatus.PENDING.value, next_attempt_at=now, updated_at=now)
             .returning(WebhookDelivery),
             execution_options={"synchronize_session": False},
         ).scalar_one_or_none()
