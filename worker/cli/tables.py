@@ -317,11 +317,20 @@ def clients_table(clients: Sequence[Mapping[str, Any]], now: datetime) -> str:
                 "revoked " + ago(c["revoked_at"], now) + " ago" if c["revoked_at"] else "active",
                 tokens or "-",
                 secret,
+                _callbacks_reach(c),
             ]
         )
     return table(
-        ["client", "scopes", "age", "state", "tokens", "webhook secret"], rows, max_cell=80
+        ["client", "scopes", "age", "state", "tokens", "webhook secret", "callbacks reach"],
+        rows,
+        max_cell=80,
     )
+
+
+def _callbacks_reach(client: Mapping[str, Any]) -> str:
+    if "admin" in client["scopes"]:
+        return "as JOBTRACKER_WEBHOOK_BLOCK_PRIVATE"
+    return " ".join(["public", *(f"+ {n}" for n in client.get("networks", []))])
 
 
 def _schedule_text(learned: Mapping[str, Any]) -> str:

@@ -24,9 +24,10 @@ from sqlalchemy.orm import Session
 
 from jobtracker.models import DeliveryStatus, WebhookAttempt, WebhookDelivery
 from worker import clock
+from worker.clients.networks import job_reach
 from worker.clients.registry import callback_secrets
 from worker.db import session_scope
-from worker.errors import NoClientSecretKey, NotFoundError
+from worker.errors import NoClientSecretKey, NotFoundError, UnsafeCallbackURL
 from worker.flow.leases import claim
 from worker.observe import metrics
 from worker.observe.logs import log_context
@@ -36,6 +37,12 @@ from worker.webhooks.classify import AttemptError
 from worker.webhooks.send import AttemptOutcome, refuse, send
 from worker.webhooks.signing import encode_body
 from worker.webhooks.transport import make_session
+from worker.webhooks.urls import (
+    CallbackResolutionError,
+    Reach,
+    destination,
+    resolve_callback_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +164,18 @@ def deliver_one(
 ) -> str | None:
     """Make one attempt of a due message; return its new status, or None if not ours to send.
 
-    ``reserved`` is the lease the sweep took on the message for this process, if any.
+    ``reserved`` is the lease the sweep took on the message for this process, if any. The
+    destination's breaker is not asked (the delivery threads do): an operator's redelivery goes.
     """
-    policy = policy or DeliveryPolicy.from_settings(settings)
+    status, _ = _deliver(
+        delivery_id, settings, policy or DeliveryPolicy.from_settings(settings), reserved=reserved
+    )
+    return status
+
+
+def _deliver(
+    delivery_id: str, settings: Settings, policy: DeliveryPolicy, *, reserved: datetime | None
+) -> tuple[str | None, AttemptOutcome | None]:
     now = clock.now(settings)
     lease = now + timedelta(seconds=policy.lease_s)
     with session_scope(settings) as session:
@@ -173,7 +189,7 @@ def deliver_one(
             returning=[WebhookDelivery],
         )
         if not taken:
-            return None
+            return None, None
         delivery: WebhookDelivery = taken[0][0]
         try:
             secrets: tuple[str, ...] | NoClientSecretKey = callback_secrets(
@@ -181,38 +197,46 @@ def deliver_one(
             )
         except NoClientSecretKey as exc:
             secrets = exc
+        reach = job_reach(session, delivery.tracked_job_id, settings)
     with log_context(delivery_id=delivery.id, tracked_job_id=delivery.tracked_job_id):
-        return _attempt(delivery, lease, now, settings, policy, secrets)
+        outcome = _send(delivery, settings, policy, secrets, reach)
+        return _record(delivery, lease, now, settings, policy, outcome), outcome
 
 
-def _attempt(
+def _send(
+    delivery: WebhookDelivery,
+    settings: Settings,
+    policy: DeliveryPolicy,
+    secrets: tuple[str, ...] | NoClientSecretKey,
+    reach: Reach,
+) -> AttemptOutcome:
+    """One attempt to where the job may reach; ``secrets`` sign it (the job's API client's, or
+    ``JOBTRACKER_WEBHOOK_SECRET``), or say why there are none: a failed attempt (``no_secret``),
+    retried like any other."""
+    if isinstance(secrets, NoClientSecretKey):
+        return refuse(delivery.url, delivery.id, AttemptError.NO_SECRET, secrets.message)
+    return send(
+        delivery.url,
+        delivery.id,
+        encode_body(delivery.payload),
+        secrets,
+        policy=policy,
+        session=_http(),
+        # The signed webhook-timestamp: the database clock, which receivers check for freshness.
+        now=clock.now(settings),
+        reach=reach,
+    )
+
+
+def _record(
     delivery: WebhookDelivery,
     lease: datetime,
     now: datetime,
     settings: Settings,
     policy: DeliveryPolicy,
-    secrets: tuple[str, ...] | NoClientSecretKey,
+    outcome: AttemptOutcome,
 ) -> str:
-    """One attempt of a message this sender holds until ``lease``; record it, plan the next.
-
-    ``secrets`` sign it: the job's API client's, or ``JOBTRACKER_WEBHOOK_SECRET``; or why there
-    are none, which makes a failed attempt (``no_secret``), retried like any other.
-    """
-    outcome: AttemptOutcome
-    if isinstance(secrets, NoClientSecretKey):
-        outcome = refuse(delivery.url, delivery.id, AttemptError.NO_SECRET, secrets.message)
-    else:
-        outcome = send(
-            delivery.url,
-            delivery.id,
-            encode_body(delivery.payload),
-            secrets,
-            policy=policy,
-            session=_http(),
-            # The signed webhook-timestamp: the database clock, which receivers check for
-            # freshness.
-            now=clock.now(settings),
-        )
+    """Record an attempt of a message this sender holds until ``lease``; plan the next one."""
     attempts = delivery.attempts + 1
     done = clock.now(settings)
     values: dict[str, Any] = {
@@ -358,3 +382,85 @@ def redeliver_failed(settings: Settings, since: datetime) -> list[str]:
             execution_options={"synchronize_session": False},
         ).scalars()
         return list(ids)
+
+
+#: Pending messages read at a time by :func:`refuse_unreachable`.
+RECHECK_BATCH = 200
+
+
+def refuse_unreachable(settings: Settings) -> int:
+    """Fail at once every pending message whose URL its job may no longer reach; return how many.
+
+    Run by each worker when it starts: after an upgrade (client-owned callbacks lost private
+    addresses) or a change of policy (``JOBTRACKER_WEBHOOK_BLOCK_PRIVATE`` turned on), a message
+    waiting for its retry hours from now would otherwise stay pending until then. Each refused
+    one is recorded like an attempt: a ``refused_url`` row in ``webhook_attempts``, the message
+    ``failed``, an ERROR log line; nothing is sent. A host that cannot be resolved now is left
+    to its next attempt. Each (host, port, reach) is resolved once.
+    """
+    policy = DeliveryPolicy.from_settings(settings)
+    verdicts: dict[tuple[tuple[str, int] | None, Reach], str | None] = {}
+    after = ""
+    refused = 0
+    while True:
+        with session_scope(settings) as session:
+            rows = session.execute(
+                select(WebhookDelivery.id, WebhookDelivery.url, WebhookDelivery.tracked_job_id)
+                .where(
+                    WebhookDelivery.status == DeliveryStatus.PENDING.value,
+                    WebhookDelivery.id > after,
+                )
+                .order_by(WebhookDelivery.id)
+                .limit(RECHECK_BATCH)
+            ).all()
+            reaches = {job: job_reach(session, job, settings) for job in {r[2] for r in rows}}
+        if not rows:
+            return refused
+        after = rows[-1][0]
+        for delivery_id, url, job in rows:
+            key = (destination(url), reaches[job])
+            if key not in verdicts:
+                verdicts[key] = _refusal(url, reaches[job], policy)
+            reason = verdicts[key]
+            if reason is not None and _fail_refused(settings, policy, delivery_id, reason):
+                refused += 1
+
+
+def _refusal(url: str, reach: Reach, policy: DeliveryPolicy) -> str | None:
+    try:
+        resolve_callback_url(url, reach=reach, timeout_s=policy.connect_timeout_s)
+    except UnsafeCallbackURL as exc:
+        return exc.message
+    except CallbackResolutionError:
+        return None
+    return None
+
+
+def _fail_refused(
+    settings: Settings, policy: DeliveryPolicy, delivery_id: str, reason: str
+) -> bool:
+    """Record a ``refused_url`` attempt of a pending message nobody holds, due or not."""
+    now = clock.now(settings)
+    lease = now + timedelta(seconds=policy.lease_s)
+    free = or_(WebhookDelivery.lease_expires_at.is_(None), WebhookDelivery.lease_expires_at <= now)
+    with session_scope(settings) as session:
+        taken = claim(
+            session,
+            WebhookDelivery,
+            due=[
+                WebhookDelivery.id == delivery_id,
+                WebhookDelivery.status == DeliveryStatus.PENDING.value,
+                free,
+            ],
+            order_by=None,
+            limit=1,
+            values={"lease_expires_at": lease},
+            returning=[WebhookDelivery],
+        )
+    if not taken:
+        return False
+    delivery: WebhookDelivery = taken[0][0]
+    with log_context(delivery_id=delivery.id, tracked_job_id=delivery.tracked_job_id):
+        outcome = refuse(delivery.url, delivery.id, AttemptError.REFUSED_URL, reason)
+        _record(delivery, lease, now, settings, policy, outcome)
+    return True

@@ -188,7 +188,10 @@ class Settings:
     webhook_block_private: bool = setting(
         "JOBTRACKER_WEBHOOK_BLOCK_PRIVATE",
         False,
-        doc="also refuse callback URLs that resolve to private, loopback or CGNAT addresses",
+        doc="also refuse callback URLs that resolve to private, loopback or CGNAT addresses, "
+        "for jobs enqueued with Celery, Python, the CLI, SQL or by an `admin` API client (the "
+        "other API clients' callbacks reach only public addresses and the networks allowed for "
+        'them: see "What a client can and cannot see or reach")',
     )
     log_format: str = setting(
         "JOBTRACKER_LOG_FORMAT",
