@@ -144,6 +144,30 @@ def deliveries_table(deliveries: Sequence[Mapping[str, Any]], now: datetime) -> 
     )
 
 
+def breakers_table(breakers: Sequence[Mapping[str, Any]], now: datetime) -> str:
+    """``jobtracker breakers``: destinations that time out, and when the next probe goes."""
+
+    def probe(b: Mapping[str, Any]) -> str:
+        if b["state"] != "open" or not b["probe_at"]:
+            return "-"
+        delta = (datetime.fromisoformat(b["probe_at"]) - now).total_seconds()
+        return "now" if delta <= 0 else f"in {format_age(delta)}"
+
+    return table(
+        ["DESTINATION", "STATE", "TIMEOUTS IN A ROW", "OPEN SINCE", "NEXT PROBE"],
+        [
+            [
+                b["destination"],
+                b["state"],
+                b["timeouts"],
+                ago(b["opened_at"], now) + " ago" if b["opened_at"] else "-",
+                probe(b),
+            ]
+            for b in breakers
+        ],
+    )
+
+
 def _next(d: Mapping[str, Any], now: datetime) -> str:
     if not d["next_attempt_at"]:
         return "-"

@@ -110,6 +110,15 @@ def job_reach(session: Session, tracked_job_id: int, settings: Settings) -> Reac
         .join(TrackedJob, TrackedJob.client_id == ApiClient.id)
         .where(TrackedJob.id == tracked_job_id)
     ).first()
-    if client is None or Scope.ADMIN.value in client.scopes.split():
+    if client is None:
         return Reach(block_private=settings.webhook_block_private)
-    return client_reach(session, client.id)
+    return owner_reach(session, client.id, client.scopes, settings)
+
+
+def owner_reach(
+    session: Session, client_id: int | None, scopes: str | None, settings: Settings
+) -> Reach:
+    """The reach of the jobs of this client (None: the other ways in), its scopes as stored."""
+    if client_id is None or Scope.ADMIN.value in (scopes or "").split():
+        return Reach(block_private=settings.webhook_block_private)
+    return client_reach(session, client_id)

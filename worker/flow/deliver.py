@@ -1,33 +1,46 @@
 """Callback delivery: send due messages, record every attempt, schedule the next one.
 
-:func:`deliver_soon` sends messages on this process's delivery threads (not through the broker:
-a callback must not queue behind poll batches waiting for rate-limit slots). :func:`deliver_one`
+:func:`deliver_soon` hands messages to this process's delivery threads (not the broker: a
+callback must not queue behind poll batches waiting for rate-limit slots), which
+:class:`~worker.flow.dispatch.Dispatcher` shares fairly between receivers and API clients.
+Each attempt first asks the destination's circuit breaker (:mod:`worker.flow.breakers`): a
+message skipped by an open one gets no attempt and is due again later. :func:`deliver_one`
 claims one message under a short lease (two senders never post it at once), makes one attempt
-with :func:`worker.webhooks.send.send`, logs it in ``webhook_attempts`` and schedules the next
-one from :class:`~worker.policy.DeliveryPolicy`. :func:`sweep` hands out messages whose first
-send was lost (crash, broker flushed) or whose retry is due. Delivery is at-least-once with a
+with :func:`worker.webhooks.send.send` to where its job may reach
+(:func:`worker.clients.networks.job_reach`), logs it in ``webhook_attempts`` and schedules the
+next one from :class:`~worker.policy.DeliveryPolicy`. :func:`sweep` hands out messages whose
+first send was lost (crash, no room) or whose retry is due. :func:`refuse_unreachable` fails at
+once the pending messages whose URL is no longer allowed. Delivery is at-least-once with a
 stable ``webhook-id``; receivers deduplicate on it.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 import requests
-from sqlalchemy import ColumnElement, case, event, insert, or_, select, update
+from sqlalchemy import ColumnElement, Table, bindparam, case, event, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from jobtracker.models import DeliveryStatus, WebhookAttempt, WebhookDelivery
+from jobtracker.models import (
+    ApiClient,
+    DeliveryStatus,
+    TrackedJob,
+    WebhookAttempt,
+    WebhookDelivery,
+)
 from worker import clock
-from worker.clients.networks import job_reach
+from worker.clients.networks import job_reach, owner_reach
 from worker.clients.registry import callback_secrets
 from worker.db import session_scope
 from worker.errors import NoClientSecretKey, NotFoundError, UnsafeCallbackURL
+from worker.flow import breakers
+from worker.flow.dispatch import NOTHING, Dispatcher, Refusal, Ticket, Verdict
 from worker.flow.leases import claim
 from worker.observe import metrics
 from worker.observe.logs import log_context
@@ -37,12 +50,7 @@ from worker.webhooks.classify import AttemptError
 from worker.webhooks.send import AttemptOutcome, refuse, send
 from worker.webhooks.signing import encode_body
 from worker.webhooks.transport import make_session
-from worker.webhooks.urls import (
-    CallbackResolutionError,
-    Reach,
-    destination,
-    resolve_callback_url,
-)
+from worker.webhooks.urls import CallbackResolutionError, Reach, destination, resolve_callback_url
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,16 @@ _WAITING = "jobtracker_deliveries_waiting"
 _local = threading.local()
 
 
+def _outbox() -> Table:
+    table = WebhookDelivery.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+#: ``webhook_deliveries`` as a Core table, for executemany updates.
+_OUTBOX = _outbox()
+
+
 def _http() -> requests.Session:
     """One pinned-address session per thread, so a worker thread reuses its connections."""
     session = getattr(_local, "session", None)
@@ -62,66 +80,158 @@ def _http() -> requests.Session:
     return session
 
 
-#: Threads that send callbacks, in each worker process. A slow receiver holds one of these for
-#: at most the send deadline, never a Celery worker thread (polls keep going).
-DELIVERY_THREADS = 4
-#: How many messages one process takes on at once (sending plus waiting for a thread).
-DELIVERY_BACKLOG = 4 * DELIVERY_THREADS
-_executor: ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
-_in_flight = 0
+#: (destination ``host:port``, API client id) of a message: what the delivery threads share by.
+Route = tuple[str, int | None]
+
+_dispatcher: Dispatcher | None = None
+_dispatcher_lock = threading.Lock()
+
+
+def dispatcher(settings: Settings) -> Dispatcher:
+    """This process's delivery threads (started on first use)."""
+    global _dispatcher
+    with _dispatcher_lock:
+        if _dispatcher is None:
+            _dispatcher = Dispatcher(
+                DeliveryPolicy.from_settings(settings), run=_run, refused=_leave_for_later
+            )
+        return _dispatcher
+
+
+def route(url: str | None, client_id: int | None) -> Route:
+    """Where a message goes and whose it is, as the delivery threads count them."""
+    where = destination(url) if url else None
+    return (breakers.key(where) if where else "", client_id)
 
 
 def deliver_soon(
-    delivery_ids: Iterable[str], settings: Settings, *, lease: datetime | None = None
+    delivery_ids: Iterable[str],
+    settings: Settings,
+    *,
+    lease: datetime | None = None,
+    routes: Mapping[str, Route] | None = None,
 ) -> None:
     """Send messages now, on this process's delivery threads.
 
     Not through the broker: a callback must not queue behind poll batches that wait for
-    rate-limit slots. ``lease`` is the sweep's reservation of these messages. If this process
-    dies first, the messages are still in the outbox and a later sweep sends them.
+    rate-limit slots. ``lease`` is the sweep's reservation of these messages; ``routes`` their
+    destinations and owners where the caller knows them (the others are read). A message the
+    threads have no room for, or whose destination's breaker is open, stays in the outbox for a
+    later sweep; so does every message if this process dies first.
     """
-    global _executor, _in_flight
     ids = list(delivery_ids)
-    with _executor_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(
-                DELIVERY_THREADS, thread_name_prefix="jobtracker-deliver"
+    if not ids:
+        return
+    known = dict(routes or {})
+    missing = [i for i in ids if i not in known]
+    if missing:
+        known.update(routes_of(settings, missing))
+    tickets = [Ticket(i, settings, *known.get(i, ("", None)), lease=lease) for i in ids]
+    refusals = dispatcher(settings).offer(tickets)
+    if refusals:
+        _leave_for_later(refusals)
+
+
+def routes_of(settings: Settings, delivery_ids: list[str]) -> dict[str, Route]:
+    with session_scope(settings) as session:
+        rows = session.execute(
+            select(WebhookDelivery.id, WebhookDelivery.url, TrackedJob.client_id)
+            .join(TrackedJob, TrackedJob.id == WebhookDelivery.tracked_job_id)
+            .where(WebhookDelivery.id.in_(delivery_ids))
+        ).all()
+    return {row.id: route(row.url, row.client_id) for row in rows}
+
+
+def free_capacity(settings: Settings) -> int:
+    """How many more messages the sweep may hand to this process now."""
+    return dispatcher(settings).room()
+
+
+def _run(ticket: Ticket) -> Verdict:
+    """One ticket on a delivery thread: the breaker's say, then the attempt."""
+    settings = ticket.settings
+    policy = DeliveryPolicy.from_settings(settings)
+    if ticket.destination:
+        now = clock.now(settings)
+        with session_scope(settings) as session:
+            gate = breakers.gate(
+                session, settings.database_url, ticket.destination, now=now, policy=policy
             )
-        executor = _executor
-        _in_flight += len(ids)
-    for delivery_id in ids:
-        executor.submit(_deliver_logged, delivery_id, settings, lease)
+        if gate.open and gate.retry_at is not None:
+            # From the moment the threads learn it, not from before the query.
+            left = gate.retry_at - clock.now(settings)
+            return Verdict(open_for_s=max(0.0, left.total_seconds()))
+    _, outcome = _deliver(ticket.delivery_id, settings, policy, reserved=ticket.lease)
+    if outcome is None:
+        return NOTHING
+    if outcome.error_class == AttemptError.TIMEOUT.value:
+        return Verdict(timed_out=True)
+    return Verdict(answered=outcome.error_class in breakers.ANSWERED)
 
 
-def _deliver_logged(delivery_id: str, settings: Settings, lease: datetime | None) -> None:
-    global _in_flight
-    try:
-        deliver_one(delivery_id, settings, reserved=lease)
-    except Exception:  # the lease runs out and the sweep retries; say why it failed
-        log.exception("delivery failed unexpectedly", extra={"delivery_id": delivery_id})
-    finally:
-        with _executor_lock:
-            _in_flight -= 1
+def _leave_for_later(refusals: list[Refusal]) -> None:
+    """Messages the threads did not take: no attempt, no attempt row, the outbox keeps them.
 
-
-def free_capacity() -> int:
-    """How many more messages this process can take on now."""
-    with _executor_lock:
-        return max(0, DELIVERY_BACKLOG - _in_flight)
+    Behind an open breaker, a message is due again after the next probe (plus up to a probe
+    interval, so they do not all come back at once). Without room, a first send stays as it is
+    (due, unleased: the next sweep takes it) and a swept one is released and due a little later,
+    so that the next sweep reaches other messages first.
+    """
+    settings_of: dict[str, Settings] = {}
+    later: dict[tuple[str, datetime | None], list[tuple[str, float]]] = {}
+    for ticket, closed_for_s in refusals:
+        policy = DeliveryPolicy.from_settings(ticket.settings)
+        if closed_for_s is not None:
+            metrics.DELIVERIES_SKIPPED.labels("breaker").inc()
+            delay = closed_for_s + random.uniform(0, policy.breaker_probe_s)
+        else:
+            metrics.DELIVERIES_SKIPPED.labels("busy").inc()
+            if ticket.lease is None:
+                continue
+            delay = policy.busy_defer_s * random.uniform(1, 2)
+        database = ticket.settings.database_url
+        settings_of[database] = ticket.settings
+        later.setdefault((database, ticket.lease), []).append((ticket.delivery_id, delay))
+    for (database, lease), items in later.items():
+        settings = settings_of[database]
+        now = clock.now(settings)
+        held = (
+            _OUTBOX.c.lease_expires_at.is_(None)
+            if lease is None
+            else (_OUTBOX.c.lease_expires_at == lease)
+        )
+        stmt = (
+            update(_OUTBOX)
+            .where(
+                _OUTBOX.c.id == bindparam("b_id"),
+                _OUTBOX.c.status == DeliveryStatus.PENDING.value,
+                held,
+            )
+            .values(next_attempt_at=bindparam("b_at"), lease_expires_at=None)
+        )
+        with session_scope(settings) as session:
+            session.connection().execute(
+                stmt, [{"b_id": i, "b_at": now + timedelta(seconds=d)} for i, d in items]
+            )
 
 
 def send_after_commit(
-    session: Session, delivery_ids: list[str], *, lease: datetime | None = None
+    session: Session,
+    delivery_ids: list[str],
+    *,
+    lease: datetime | None = None,
+    routes: Mapping[str, Route] | None = None,
 ) -> None:
     """Send these messages once ``session``'s transaction commits (nothing if it rolls back).
 
     The one way a message reaches :func:`deliver_soon`: the transition that wrote it, and the
-    sweep that reserved it (``lease``), both go through here. If the process dies between the
-    commit and the send, the message is still in the table and a later sweep sends it.
+    sweep that reserved it (``lease``), both go through here, with the messages' ``routes``.
+    If the process dies between the commit and the send, the message is still in the table and
+    a later sweep sends it.
     """
     if delivery_ids:
-        session.info.setdefault(_WAITING, []).append((list(delivery_ids), lease))
+        entry = (list(delivery_ids), lease, dict(routes or {}))
+        session.info.setdefault(_WAITING, []).append(entry)
 
 
 @event.listens_for(Session, "after_commit")
@@ -130,9 +240,9 @@ def _hand_over(session: Session) -> None:
     settings = session.info.get("settings")
     if not waiting or not isinstance(settings, Settings):
         return
-    for ids, lease in waiting:
+    for ids, lease, routes in waiting:
         try:
-            deliver_soon(ids, settings, lease=lease)
+            deliver_soon(ids, settings, lease=lease, routes=routes)
         except Exception:  # the transaction did commit; the sweep sends what was not handed over
             log.exception("could not hand callbacks to the delivery threads")
 
@@ -236,7 +346,10 @@ def _record(
     policy: DeliveryPolicy,
     outcome: AttemptOutcome,
 ) -> str:
-    """Record an attempt of a message this sender holds until ``lease``; plan the next one."""
+    """Record an attempt of a message this sender holds until ``lease``; plan the next one.
+
+    In the same transaction, the outcome counts against the destination's circuit breaker.
+    """
     attempts = delivery.attempts + 1
     done = clock.now(settings)
     values: dict[str, Any] = {
@@ -270,6 +383,7 @@ def _record(
                 extra=context,
             )
     metrics.record_delivery(values.get("status"), outcome.latency_ms)
+    where = destination(delivery.url)
     with session_scope(settings) as session:
         session.execute(
             insert(WebhookAttempt).values(
@@ -287,6 +401,15 @@ def _record(
             .where(WebhookDelivery.id == delivery.id, WebhookDelivery.lease_expires_at == lease)
             .values(**_unless_redelivered(values, delivery.next_attempt_at))
         )
+        if where is not None:
+            breakers.note(
+                session,
+                settings.database_url,
+                breakers.key(where),
+                outcome.error_class,
+                now=done,
+                policy=policy,
+            )
     return str(values.get("status", DeliveryStatus.PENDING.value))
 
 
@@ -322,7 +445,7 @@ def sweep(settings: Settings) -> int:
     Takes only as many as this process has room for, and reserves them (a lease) so that the
     next sweep, here or on another worker, does not hand them out again while they wait.
     """
-    room = min(free_capacity(), SWEEP_LIMIT)
+    room = min(free_capacity(settings), SWEEP_LIMIT)
     if not room:
         return 0
     now = clock.now(settings)
@@ -336,10 +459,21 @@ def sweep(settings: Settings) -> int:
             order_by=WebhookDelivery.next_attempt_at,
             limit=room,
             values={"lease_expires_at": lease},
-            returning=[WebhookDelivery.id],
+            returning=[WebhookDelivery.id, WebhookDelivery.url, WebhookDelivery.tracked_job_id],
         )
-        send_after_commit(session, [row[0] for row in taken], lease=lease)
+        owners = _owners(session, {row[2] for row in taken})
+        routes = {row[0]: route(row[1], owners.get(row[2])) for row in taken}
+        send_after_commit(session, [row[0] for row in taken], lease=lease, routes=routes)
     return len(taken)
+
+
+def _owners(session: Session, job_ids: set[int]) -> dict[int, int | None]:
+    if not job_ids:
+        return {}
+    rows = session.execute(
+        select(TrackedJob.id, TrackedJob.client_id).where(TrackedJob.id.in_(job_ids))
+    ).all()
+    return {row.id: row.client_id for row in rows}
 
 
 def redeliver(settings: Settings, delivery_id: str) -> WebhookDelivery:
@@ -402,10 +536,15 @@ def refuse_unreachable(settings: Settings) -> int:
     verdicts: dict[tuple[tuple[str, int] | None, Reach], str | None] = {}
     after = ""
     refused = 0
+    reaches: dict[int | None, Reach] = {}
     while True:
         with session_scope(settings) as session:
             rows = session.execute(
-                select(WebhookDelivery.id, WebhookDelivery.url, WebhookDelivery.tracked_job_id)
+                select(
+                    WebhookDelivery.id, WebhookDelivery.url, TrackedJob.client_id, ApiClient.scopes
+                )
+                .join(TrackedJob, TrackedJob.id == WebhookDelivery.tracked_job_id)
+                .outerjoin(ApiClient, ApiClient.id == TrackedJob.client_id)
                 .where(
                     WebhookDelivery.status == DeliveryStatus.PENDING.value,
                     WebhookDelivery.id > after,
@@ -413,16 +552,21 @@ def refuse_unreachable(settings: Settings) -> int:
                 .order_by(WebhookDelivery.id)
                 .limit(RECHECK_BATCH)
             ).all()
-            reaches = {job: job_reach(session, job, settings) for job in {r[2] for r in rows}}
+            for row in rows:
+                if row.client_id not in reaches:
+                    reaches[row.client_id] = owner_reach(
+                        session, row.client_id, row.scopes, settings
+                    )
         if not rows:
             return refused
-        after = rows[-1][0]
-        for delivery_id, url, job in rows:
-            key = (destination(url), reaches[job])
+        after = rows[-1].id
+        for row in rows:
+            reach = reaches[row.client_id]
+            key = (destination(row.url), reach)
             if key not in verdicts:
-                verdicts[key] = _refusal(url, reaches[job], policy)
+                verdicts[key] = _refusal(row.url, reach, policy)
             reason = verdicts[key]
-            if reason is not None and _fail_refused(settings, policy, delivery_id, reason):
+            if reason is not None and _fail_refused(settings, policy, row.id, reason):
                 refused += 1
 
 
