@@ -144,7 +144,7 @@ class DeliveryBreaker(Base):
 
     __tablename__ = "delivery_breakers"
 
-    destination: Mapped[str] = mapped_column(String(300), primary_key=True)
+    destination: Mapped[str] = mapped_column(Text, primary_key=True)
     timeouts: Mapped[int] = mapped_column(Integer, server_default="0")
     opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     probe_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -119,7 +119,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "delivery_breakers",
-        sa.Column("destination", sa.String(300), nullable=False),
+        sa.Column("destination", sa.Text(), nullable=False),
         sa.Column("timeouts", sa.Integer(), server_default="0", nullable=False),
         _ts("opened_at"),
         _ts("probe_at"),

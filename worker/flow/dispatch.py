@@ -162,24 +162,12 @@ class Dispatcher:
         return refusals
 
     def wait_idle(self, timeout_s: float) -> bool:
-        """Wait until nothing is queued or under way (tests, shutdown); False on timeout."""
+        """Wait until nothing is queued, under way or being handed back; False on timeout."""
         with self._lock:
             return self._settled.wait_for(self._idle, timeout_s)
 
     def _idle(self) -> bool:
         return self._in_flight + self._handing_back + sum(self._queued) == 0
-
-    def snapshot(self) -> dict[str, int]:
-        """Counts for logs and tests."""
-        with self._lock:
-            return {
-                "threads": len(self._threads),
-                "in_flight": self._in_flight,
-                "timing_out_in_flight": self._timing_out,
-                "queued_fresh": self._queued[FRESH],
-                "queued_swept": self._queued[SWEPT],
-                "destinations": len(self._places),
-            }
 
     # -- the rules -----------------------------------------------------------------------------
 
@@ -210,16 +198,17 @@ class Dispatcher:
         place = self._places.get(key)
         if place is None:
             place = self._places[key] = _Destination()
-            self._forget_idle()
+            self._forget_idle(keep=key)
         else:
             self._places.move_to_end(key)
         return place
 
-    def _forget_idle(self) -> None:
+    def _forget_idle(self, *, keep: Place) -> None:
+        """Forget the longest unused idle destinations beyond :data:`MAX_IDLE_PLACES`."""
         excess = len(self._places) - MAX_IDLE_PLACES
         if excess <= 0:
             return
-        for key in [k for k, p in self._places.items() if p.idle][:excess]:
+        for key in [k for k, p in self._places.items() if p.idle and k != keep][:excess]:
             del self._places[key]
 
     # -- the threads -----------------------------------------------------------------------------
