@@ -154,6 +154,13 @@ def test_an_allowed_network_lets_callbacks_in_and_only_admins_see_the_answers(
     assert deliver.deliver_one(delivery_id, settings) == "delivered"
     waited = http.get(f"/v1/jobs/{job_pk}", params={"wait": 1})
     listing = http.get("/v1/jobs")
+    pages = http.get(f"/v1/deliveries/{delivery_id}/attempts")
+    assert [(a["status_code"], a["error_class"]) for a in pages.json()["attempts"]] == [
+        (200, None),
+        (500, "http"),
+    ]  # newest first
+    assert all(a["response_body"] is None for a in pages.json()["attempts"])
+    assert all(a["error_message"] is None for a in pages.json()["attempts"])
     [message] = waited.json()["deliveries"]
     assert [(a["status_code"], a["error_class"]) for a in message["attempt_log"]] == [
         (500, "http"),
@@ -163,11 +170,13 @@ def test_an_allowed_network_lets_callbacks_in_and_only_admins_see_the_answers(
     assert all(a["error_message"] is None for a in message["attempt_log"])
     assert len(internal.received) == 2
     # The secret went to the worker and stays with the operators.
-    assert INTERNAL_SECRET not in texts(created, after_500, again, waited, listing)
-    admin = api.http(api.new_client("admin").token).get(f"/v1/jobs/{job_pk}")
-    [seen] = admin.json()["deliveries"]
+    assert INTERNAL_SECRET not in texts(created, after_500, again, waited, listing, pages)
+    admin = api.http(api.new_client("admin").token)
+    [seen] = admin.get(f"/v1/jobs/{job_pk}").json()["deliveries"]
     assert all(INTERNAL_SECRET in a["response_body"] for a in seen["attempt_log"])
     assert seen["attempt_log"][0]["error_message"] == "HTTP 500 Internal Server Error"
+    admin_pages = admin.get(f"/v1/deliveries/{delivery_id}/attempts").json()["attempts"]
+    assert all(INTERNAL_SECRET in a["response_body"] for a in admin_pages)
     # Taken back: the next callback there is refused again, at enqueue.
     assert _cli(api, "deny-network", client.name, "127.0.0.1/32").exit_code == 0
     assert post(api, client, url).status_code == 422
