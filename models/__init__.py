@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from sqlalchemy import MetaData
 
     from jobtracker.models.base import Base, UTCDateTime, utcnow
-    from jobtracker.models.clients import ApiClient, ApiToken, Scope
+    from jobtracker.models.clients import ApiClient, ApiClientNetwork, ApiToken, Scope
     from jobtracker.models.jobs import JobTransition, TrackedJob
     from jobtracker.models.lifecycle import PrunedJob, RowTally
     from jobtracker.models.providers import ProviderState, RateLimit
@@ -25,7 +25,12 @@ if TYPE_CHECKING:
         JobStatus,
         can_transition,
     )
-    from jobtracker.models.webhooks import DeliveryStatus, WebhookAttempt, WebhookDelivery
+    from jobtracker.models.webhooks import (
+        DeliveryBreaker,
+        DeliveryStatus,
+        WebhookAttempt,
+        WebhookDelivery,
+    )
 
     metadata: MetaData
 
@@ -37,8 +42,10 @@ __all__ = [
     "ALLOWED_TRANSITIONS",
     "TERMINAL_STATUSES",
     "ApiClient",
+    "ApiClientNetwork",
     "ApiToken",
     "Base",
+    "DeliveryBreaker",
     "DeliveryStatus",
     "JobStatus",
     "JobTransition",

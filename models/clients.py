@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, func
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from jobtracker.models.base import Base, UTCDateTime
@@ -78,3 +78,18 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
     #: NULL: valid until rotated. Set by ``rotate-token`` to the end of the grace period.
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ApiClientNetwork(Base):
+    """A network an operator allowed one client's callbacks to reach (``jobtracker clients
+    allow-network``). Callbacks of a non-admin client's jobs go only to public addresses, plus
+    the addresses inside these networks; link-local and metadata addresses never."""
+
+    __tablename__ = "api_client_networks"
+
+    client_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("api_clients.id", ondelete="CASCADE"), primary_key=True
+    )
+    #: In its canonical form: ``10.0.0.0/8``, ``fd00::/8``, ``192.0.2.7/32``.
+    network: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())

@@ -133,5 +133,33 @@ class WebhookAttempt(Base):
         }
 
 
+class DeliveryBreaker(Base):
+    """A callback destination (``host:port``) that timed out, shared by every worker.
+
+    The row exists while the destination's last attempts timed out: ``timeouts`` in a row. From
+    :attr:`worker.policy.DeliveryPolicy.breaker_timeouts` on, the breaker is open
+    (``opened_at``): messages to it wait, without an attempt, and one probe goes out from
+    ``probe_at`` on. Any answer deletes the row.
+    """
+
+    __tablename__ = "delivery_breakers"
+
+    destination: Mapped[str] = mapped_column(Text, primary_key=True)
+    timeouts: Mapped[int] = mapped_column(Integer, server_default="0")
+    opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    probe_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "destination": self.destination,
+            "state": "open" if self.opened_at is not None else "counting",
+            "timeouts": self.timeouts,
+            "opened_at": _ts(self.opened_at),
+            "probe_at": _ts(self.probe_at),
+            "updated_at": _ts(self.updated_at),
+        }
+
+
 def _ts(value: datetime | None) -> str | None:
     return value.isoformat() if value else None

@@ -262,6 +262,24 @@ class DeliveryPolicy:
 
     One attempt: connecting may take ``connect_timeout_s``, everything (DNS, connect, TLS, request,
     answer) ``total_timeout_s``; at most ``body_cap_bytes`` of the answer are read.
+
+    Sharing the ``threads`` of one process (a *destination* is a receiver's (host, port)):
+
+    - a destination gets ``per_destination`` attempts at once once it answered, and 1 while it
+      has not answered yet in this process or its last attempt timed out;
+    - one API client's callbacks hold at most ``max(1, floor(threads * share))`` threads, and so
+      do all the destinations whose last attempt timed out, together;
+    - waiting for a thread: at most ``backlog`` first sends (handed over at commit) and
+      ``backlog / 2`` messages of the sweep (retries, lost sends), kept apart and served in
+      turn; once either queue is half full, a destination adds to it only while it has fewer
+      than ``queue_per_destination`` waiting (once it answered; else ``queue_per_unproven``).
+      A message refused a place stays in the outbox, due, for the sweep (a swept one
+      ``busy_defer_s`` to ``2 * busy_defer_s`` later, so the next sweep reaches others first);
+    - a destination's circuit breaker opens after ``breaker_timeouts`` timeouts in a row (every
+      worker's, in ``delivery_breakers``); while it is open one probe attempt goes out every
+      ``breaker_probe_s``, and any other message to it is skipped: no attempt, no attempt row,
+      ``attempts`` unchanged, due again at the next probe time plus up to ``breaker_probe_s``.
+      Any answer closes it.
     """
 
     retry_schedule_s: tuple[float, ...] = Settings.webhook_retry_schedule_s
@@ -273,6 +291,15 @@ class DeliveryPolicy:
     body_cap_bytes: int = 64 * 1024
     #: Also refuse private, loopback, ULA and CGNAT addresses (JOBTRACKER_WEBHOOK_BLOCK_PRIVATE).
     block_private: bool = Settings.webhook_block_private
+    threads: int = Settings.delivery_threads
+    per_destination: int = 4
+    share: float = 0.5
+    backlog: int = 1024
+    queue_per_destination: int = 256
+    queue_per_unproven: int = 8
+    busy_defer_s: float = 5.0
+    breaker_timeouts: int = 5
+    breaker_probe_s: float = 30.0
 
     def __post_init__(self) -> None:
         if any(not s >= 0 for s in self.retry_schedule_s):
@@ -285,13 +312,23 @@ class DeliveryPolicy:
             raise ConfigError(
                 f"webhook Retry-After cap must be >= 0 and body cap >= {LOG_BODY_BYTES} bytes"
             )
+        if self.threads < 2 or not 0 < self.share < 1 or self.per_destination < 1:
+            raise ConfigError("delivery needs >= 2 threads, a share in (0, 1), >= 1 per receiver")
+        if min(self.backlog, self.queue_per_unproven, self.breaker_timeouts) < 1:
+            raise ConfigError("delivery backlog, queues and breaker threshold must be >= 1")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeliveryPolicy:
         return cls(
             retry_schedule_s=tuple(float(s) for s in settings.webhook_retry_schedule_s),
             block_private=settings.webhook_block_private,
+            threads=settings.delivery_threads,
         )
+
+    @property
+    def held_at_most(self) -> int:
+        """Threads one API client, or all timing-out destinations together, may hold."""
+        return max(1, int(self.threads * self.share))
 
     @property
     def max_attempts(self) -> int:

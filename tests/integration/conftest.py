@@ -20,6 +20,7 @@ import pytest
 from jobtracker.models import utcnow
 from tests import services
 from tests.api_server import MASTER_KEY, ApiServer
+from worker.clients.networks import allow_network
 from worker.clients.registry import add_client
 from worker.db import dispose_engines, session_scope
 from worker.settings import Settings
@@ -61,13 +62,19 @@ class Api:
             {**self.env, "JOBTRACKER_DATABASE_URL": self.database_url, **env}, cwd=self.tmp
         )
 
-    def new_client(self, *scopes: str, name: str | None = None) -> NewClient:
+    def new_client(
+        self, *scopes: str, name: str | None = None, networks: tuple[str, ...] = ()
+    ) -> NewClient:
+        """A client; ``networks``: where an operator let its callbacks go besides public
+        addresses (the receivers of these tests listen on loopback)."""
         name = name or f"svc-{uuid.uuid4().hex[:8]}"
         with session_scope(self.settings()) as session:
             issued = add_client(
                 session, name, scopes or ("enqueue", "read"), master_key=MASTER_KEY.encode(),
                 now=utcnow(),
             )  # fmt: skip
+            for network in networks:
+                allow_network(session, name, network, now=utcnow())
             assert issued.token and issued.webhook_secret
             return NewClient(issued.client.id, name, issued.token, issued.webhook_secret)
 
@@ -80,6 +87,10 @@ class Api:
     def close(self) -> None:
         for client in self._clients:
             client.close()
+
+
+#: Loopback, where the tests' receivers listen: allowed for the clients whose callbacks they take.
+LOOPBACK = ("127.0.0.0/8",)
 
 
 def unique(prefix: str = "job") -> str:

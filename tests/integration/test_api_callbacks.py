@@ -17,7 +17,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from jobtracker.models import WebhookAttempt, WebhookDelivery, utcnow
 from tests.api_server import MASTER_KEY
 from tests.drive import drive
-from tests.integration.conftest import Api, NewClient, unique
+from tests.integration.conftest import LOOPBACK, Api, NewClient, unique
 from worker.cli import main
 from worker.clients.registry import rotate_secret
 from worker.db import session_scope
@@ -60,7 +60,7 @@ def verifies(secret: str, message: ReceivedMessage) -> bool:
 
 
 def test_each_clients_callbacks_are_signed_with_its_own_secret(api: Api, sim: Simulator) -> None:
-    alice, bob = api.new_client(), api.new_client()
+    alice, bob = api.new_client(networks=LOOPBACK), api.new_client(networks=LOOPBACK)
     assert alice.secret != bob.secret
     with (
         Receiver(secrets=[alice.secret]) as alice_rx,
@@ -97,7 +97,7 @@ def test_each_clients_callbacks_are_signed_with_its_own_secret(api: Api, sim: Si
 def test_during_a_rotation_both_secrets_sign_then_only_the_new_one(
     api: Api, sim: Simulator, advance_clock: Callable[[float], None]
 ) -> None:
-    client = api.new_client()
+    client = api.new_client(networks=LOOPBACK)
     with session_scope(api.settings()) as session:
         issued = rotate_secret(
             session, client.name, master_key=MASTER_KEY.encode(), grace_s=3, now=utcnow()
@@ -124,7 +124,7 @@ def test_without_the_master_key_a_clients_callback_is_a_recorded_retried_failure
 ) -> None:
     sent: list[str] = []
     monkeypatch.setattr(deliver, "deliver_soon", lambda ids, *a, **k: sent.extend(ids))
-    client = api.new_client()
+    client = api.new_client(networks=LOOPBACK)
     no_key = worker_settings(api, sim, JOBTRACKER_CLIENT_SECRET_KEY="")
     assert no_key.client_secret_key is None and no_key.webhook_secrets
     with Receiver(secrets=[client.secret]) as rx:
@@ -167,7 +167,8 @@ def test_a_master_key_rotation_signs_with_old_and_new_secrets_until_the_old_key_
     """The procedure of the README: new key in, old key as _PREVIOUS; rotate-master prints the
     new secrets; receivers that know either secret accept; once _PREVIOUS is unset, only the new
     secrets sign."""
-    client = api.new_client()  # its secret derives from MASTER_KEY, the key being replaced
+    # Its secret derives from MASTER_KEY, the key being replaced.
+    client = api.new_client(networks=LOOPBACK)
     rotation = {
         "JOBTRACKER_CLIENT_SECRET_KEY": NEW_MASTER_KEY,
         "JOBTRACKER_CLIENT_SECRET_KEY_PREVIOUS": MASTER_KEY,

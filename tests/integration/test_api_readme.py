@@ -17,7 +17,7 @@ from sqlalchemy import select
 from jobtracker.models import JobStatus, TrackedJob, WebhookAttempt, WebhookDelivery, utcnow
 from tests.api_server import free_port
 from tests.drive import drive
-from tests.integration.conftest import Api, unique
+from tests.integration.conftest import LOOPBACK, Api, unique
 from worker.db import session_scope
 from worker.devtools.simulator import Simulator
 from worker.flow import deliver
@@ -94,7 +94,7 @@ def _listening(port: int) -> bool:
 def test_the_readme_receiver_verifies_its_clients_callbacks(
     api: Api, sim: Simulator, tmp_path: Path
 ) -> None:
-    mine, theirs = api.new_client(), api.new_client()
+    mine, theirs = api.new_client(networks=LOOPBACK), api.new_client(networks=LOOPBACK)
     script = tmp_path / "receiver.py"
     script.write_text(_receiver_source())
     port = free_port()

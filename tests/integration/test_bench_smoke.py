@@ -152,6 +152,18 @@ SCRIPTS: dict[str, dict[str, Band]] = {
         # The provider's 20 calls/s paces the jobs, so their callbacks too.
         "deliveries_per_s": (1.0, 100.0),
     },
+    "delivery_isolation.py": {
+        "healthy_latency_p50_ms": MS,
+        "healthy_latency_p99_ms": MS,
+        "healthy_latency_max_ms": MS,
+        "healthy_latency_p99_ms_large_backlog": MS,
+        # Of the 20 dark receivers (none at --smoke size: 5 timeouts take over a minute).
+        "breakers_open": (0.0, 20.0),
+        "rss_mib_small_backlog": MIB,
+        "rss_mib_large_backlog": MIB,
+        # One process's RSS against itself with a larger backlog: either way, a few MiB.
+        "rss_growth_mib": (-100.0, 100.0),
+    },
 }
 
 

@@ -25,6 +25,8 @@ TABLES = {
     "rate_limits",
     "api_clients",
     "api_tokens",
+    "api_client_networks",
+    "delivery_breakers",
 }
 
 

@@ -244,6 +244,39 @@ def test_a_crashed_sender_leaves_the_message_to_the_sweep(
     assert message.msg_id == delivery_id
 
 
+def test_a_redelivery_during_a_send_never_makes_two_concurrent_posts(
+    db_url: str, sim: Simulator, tmp_path: Path, delivered_now: list[str]
+) -> None:
+    """The redelivery keeps the sender's lease (no second sender can claim the message while
+    the POST is in flight) and the attempt's own update keeps the redelivery's "due now"."""
+    with Receiver(secrets=[OLD], default=Reply(200, delay_s=1.0)) as rx:
+        settings = make(db_url, sim, tmp_path)
+        track("image_animate", "succeed-1-redeliver", callback_url=rx.url, settings=settings)
+        drive(settings)
+        [delivery_id] = delivered_now
+        first = threading.Thread(target=deliver.deliver_one, args=(delivery_id, settings))
+        first.start()
+        rx.wait_for_requests(1, timeout=5)
+        deliver.redeliver(settings, delivery_id)  # while the receiver holds the first POST
+        # Every other way a sender could take it now: a direct send, the sweep.
+        assert deliver.deliver_one(delivery_id, settings) is None
+        assert deliver.sweep(settings) == 0
+        first.join(timeout=10)
+        [during] = deliveries(settings)
+        assert (during.status, during.attempts, during.lease_expires_at) == ("pending", 1, None)
+        assert during.next_attempt_at is not None and during.next_attempt_at <= utcnow()
+        with session_scope(settings) as session:
+            assert deliver.due_deliveries(session, utcnow()) == [delivery_id]
+        assert deliver.deliver_one(delivery_id, settings) == "delivered"
+        one, two = rx.wait_for_requests(2, timeout=5)
+    assert one.msg_id == two.msg_id == delivery_id
+    # The second POST arrived after the first was answered (the receiver held it 1 s).
+    assert two.received_monotonic >= one.received_monotonic + 1.0
+    assert [a.status_code for a in attempts(settings, delivery_id)] == [200, 200]
+    [after] = deliveries(settings)
+    assert (after.status, after.attempts) == ("delivered", 2)
+
+
 def test_rotation_two_secrets_each_receiver_verifies(
     db_url: str, sim: Simulator, tmp_path: Path, delivered_now: list[str]
 ) -> None:

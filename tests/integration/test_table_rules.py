@@ -5,6 +5,7 @@ row gets a deadline, polled or not."""
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -17,11 +18,13 @@ from jobtracker.models import ProviderState, TrackedJob, utcnow
 from tests.drive import step
 from worker.catalogue.table import PROVIDERS
 from worker.db import dispose_engines, make_engine, session_scope
+from worker.errors import UnsafeCallbackURL
 from worker.flow import tick
 from worker.flow.enqueue import track
 from worker.inspection.queries import stats
 from worker.runtime.migrate import downgrade, upgrade
 from worker.settings import REGION_RE, Settings
+from worker.webhooks.urls import URL_SHAPE, validate_callback_url
 
 INSERT = "INSERT INTO tracked_jobs (kind, region, job_id, callback_url, metadata) VALUES "
 
@@ -221,3 +224,92 @@ def test_rows_no_provider_polls_are_reported_and_expire(
         statuses = set(session.execute(select(TrackedJob.status)).scalars())
         assert stats(session, now=utcnow())["unpollable"] == {}
     assert statuses == {"expired"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user:pw@internal/",
+        "https://token@hooks.example.com/x",
+        "http:///no-host",
+        "http://[::1",
+        "http://[::1]x/",
+        "http://a[::1]/",
+        "http://h:123456/",
+        "http://h:8:9/",
+        "http://:80/",
+    ],
+)
+def test_both_backends_refuse_callback_urls_with_user_info_or_no_usable_host(
+    shared_engine: Engine, url: str
+) -> None:
+    """SQLite used to check only the scheme and blanks (and PostgreSQL took ``http://[::1``)."""
+    assert refused_then_undone(shared_engine, row(url=url.replace(":", r"\:")))
+
+
+def _url_corpus(count: int) -> list[str]:
+    """Seeded strings near the rule's edges: schemes, brackets, colons, @, blanks, delimiters."""
+    rnd = random.Random(17)
+    alphabet = "hH tps:/[]@?#.0189aAfFgZé\t\x0b%-"
+    corpus = []
+    for _ in range(count):
+        head = rnd.choice(["http://", "https://", "HTTPS://", "http:/", ""])
+        corpus.append(head + "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 12))))
+    return corpus
+
+
+def test_the_callback_url_rule_is_the_same_on_both_backends_and_in_python(
+    shared_engine: Engine,
+) -> None:
+    """Each INSERT's verdict is URL_SHAPE's (what the validator's finer checks build on), and
+    nothing the validator accepts is refused by the table (it would fail an enqueue)."""
+    corpus = _url_corpus(1500)
+    wrong = []
+    with shared_engine.connect() as conn:
+        for n, url in enumerate(corpus):
+            expected = bool(URL_SHAPE.fullmatch(url))
+            try:
+                stored = validate_callback_url(url)
+            except UnsafeCallbackURL:
+                pass
+            else:
+                assert URL_SHAPE.fullmatch(stored), url
+            conn.execute(text("SAVEPOINT one"))
+            try:
+                conn.execute(
+                    text(
+                        "INSERT INTO tracked_jobs (kind, job_id, callback_url) "
+                        "VALUES ('image_animate', :job_id, :url)"
+                    ),
+                    {"job_id": f"corpus-{n}", "url": url},
+                )
+                accepted = True
+            except DBAPIError as exc:
+                assert "ck_tracked_jobs_callback_url_http" in str(exc), exc
+                accepted = False
+            conn.execute(text("ROLLBACK TO SAVEPOINT one"))
+            if accepted is not expected:
+                wrong.append((url, accepted))
+        conn.rollback()
+    assert not wrong, wrong[:10]
+    assert 100 < sum(bool(URL_SHAPE.fullmatch(u)) for u in corpus) < 1400  # both sides tried
+
+
+def test_the_upgrade_ends_active_rows_whose_callback_url_breaks_the_new_rule(
+    db_url: str, tmp_path: Path
+) -> None:
+    dispose_engines()
+    settings = Settings.from_env({"JOBTRACKER_DATABASE_URL": db_url}, cwd=tmp_path)
+    downgrade("0006", settings)
+    engine = make_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(text(row(job_id="bracket", url="http://[::1")))  # both took it
+        conn.execute(text(row(job_id="fine", url=r"http://[::1]\:8080/x")))
+    upgrade("head", settings)
+    with engine.connect() as conn:
+        got = {
+            job_id: status
+            for job_id, status in conn.execute(text("SELECT job_id, status FROM tracked_jobs"))
+        }
+    engine.dispose()
+    assert got == {"bracket": "failed", "fine": "pending"}

@@ -240,6 +240,21 @@ def test_refused_urls_are_never_contacted(secret: str, url: str) -> None:
     assert POLICY.next_attempt_delay(1, outcome, rand=lambda: 0.5) is None
 
 
+def test_user_info_never_reaches_a_log_line(
+    receiver: Receiver, secret: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A URL stored before the table refused user info (or a Location header carrying some)."""
+    caplog.set_level(logging.DEBUG)
+    url = receiver.url.replace("http://", "http://alice:hunter2@")
+    send(url, new_message_id(), job_body(), [secret], policy=POLICY)
+    receiver.script([Reply.redirect("http://bob:s3cret@elsewhere.example/x?token=t")])
+    send(receiver.url, new_message_id(), job_body(), [secret], policy=POLICY)
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "webhook" in logged and "elsewhere.example/x" in logged
+    for needle in ("alice", "hunter2", "bob", "s3cret", "token=t"):
+        assert needle not in logged
+
+
 def test_block_private_refuses_the_local_receiver(receiver: Receiver, secret: str) -> None:
     policy = DeliveryPolicy(connect_timeout_s=1, total_timeout_s=1.5, block_private=True)
     _, outcome = deliver(receiver, [secret], policy=policy)

@@ -11,8 +11,13 @@ import pytest
 
 from worker.errors import UnsafeCallbackURL
 from worker.webhooks.urls import (
+    URL_SHAPE,
     CallbackResolutionError,
+    Reach,
     check_url,
+    destination,
+    loggable_url,
+    parse_networks,
     resolve_callback_url,
     validate_callback_url,
 )
@@ -170,3 +175,74 @@ def test_slow_resolver_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
             check_url("http://slow.example/", block_private=False, timeout_s=0.2)
     finally:
         release.set()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://user:pw@internal/x?token=t#f", "http://internal/x"),
+        ("https://token@hooks.example.com:8443/cb", "https://hooks.example.com:8443/cb"),
+        ("http://a:b@[::1]:9/", "http://[::1]:9/"),
+        ("http://plain.example/path", "http://plain.example/path"),
+    ],
+)
+def test_loggable_url_drops_user_info_query_and_fragment(url: str, shown: str) -> None:
+    assert loggable_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::1]x/",  # Python reads ::1 out of these; the database and urllib3 do not
+        "http://a[::1]/",
+        "http://[v1.x]/",
+        "http://a]b/",
+        "http://h:123456/",
+    ],
+)
+def test_urls_the_database_would_refuse_are_refused_here_too(url: str) -> None:
+    assert not URL_SHAPE.fullmatch(url)
+    with pytest.raises(UnsafeCallbackURL):
+        validate_callback_url(url)
+
+
+@pytest.mark.parametrize(
+    ("host", "address"),
+    [
+        ("127.1", "127.0.0.1"),
+        ("2130706433", "127.0.0.1"),
+        ("0x7f.1", "127.0.0.1"),
+        ("0177.0.0.1", "127.0.0.1"),
+        ("10.1", "10.0.0.1"),
+        ("127.0.0.1.", "127.0.0.1"),
+    ],
+)
+def test_legacy_ipv4_forms_are_checked_as_the_address_they_reach(host: str, address: str) -> None:
+    """The resolver reads these as addresses, so they are literals, refused at enqueue."""
+    with pytest.raises(UnsafeCallbackURL, match=f"{address} is a .*(loopback|private)"):
+        validate_callback_url(f"http://{host}:8080/x", Reach(block_private=True))
+    assert validate_callback_url(f"http://{host}:8080/x") == f"http://{host}:8080/x"
+
+
+def test_a_reach_allows_its_networks_and_never_the_always_refused_ones() -> None:
+    reach = Reach(
+        block_private=True,
+        allowed=parse_networks(["10.0.0.0/8", "127.0.0.1/32", "169.254.0.0/16", "bad"]),
+        reason="not allowed for this client",
+    )
+    validate_callback_url("http://10.20.30.40/x", reach)
+    validate_callback_url("http://127.0.0.1:8/x", reach)
+    with pytest.raises(UnsafeCallbackURL, match="not allowed for this client"):
+        validate_callback_url("http://127.0.0.2/x", reach)
+    with pytest.raises(UnsafeCallbackURL, match="link-local"):
+        validate_callback_url("http://169.254.169.254/x", reach)
+    with pytest.raises(UnsafeCallbackURL, match="carrier-grade NAT"):
+        validate_callback_url("http://100.64.1.1/x", reach)
+
+
+def test_destination_is_host_and_port() -> None:
+    assert destination("https://Hooks.Example.com/x") == ("hooks.example.com", 443)
+    assert destination("http://h:8080") == ("h", 8080)
+    assert destination("http://[::1]:9/") == ("::1", 9)
+    assert destination("http://h./") == ("h", 80)
+    assert destination("http://h:bad/") is None

@@ -3,7 +3,10 @@ threads (``anyio.to_thread``), so the event loop only ever waits on sockets.
 
 Who may see what is decided here, once: a client sees and redelivers only the jobs it enqueued,
 an ``admin`` client every job. A job another client owns is "not found", exactly like a job that
-does not exist, so its existence is not disclosed either.
+does not exist, so its existence is not disclosed either. Of its callbacks' attempts a non-admin
+client sees the error class and the status code only (:func:`shown_attempt`): what a receiver
+answered, or how a connection failed, would let a client read or map whatever its callback URL
+reaches.
 """
 
 from __future__ import annotations
@@ -18,18 +21,20 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from jobtracker.models import TERMINAL_STATUSES, TrackedJob, WebhookDelivery
+from jobtracker.models import TERMINAL_STATUSES, TrackedJob, WebhookAttempt, WebhookDelivery
 from worker import clock
 from worker.api.errors import ApiError
 from worker.api.schemas import ATTEMPTS_SHOWN
+from worker.clients.networks import client_reach
 from worker.clients.registry import Caller, authenticate
 from worker.db import get_engine, session_scope
-from worker.errors import EnqueueError, NotFoundError
+from worker.errors import EnqueueError, NotFoundError, UnsafeCallbackURL
 from worker.flow.deliver import redeliver
 from worker.flow.enqueue import EnqueueRequest, insert_job
 from worker.inspection.queries import attempts_page, expand_statuses, job_detail, parse_time
 from worker.runtime.migrate import current_revision
 from worker.settings import Settings
+from worker.webhooks.urls import validate_callback_url
 
 NOT_FOUND = "no such job"
 #: What a cursor's text starts with, for each kind of row it pages.
@@ -62,6 +67,8 @@ def enqueue(
     for _ in range(_PRUNE_RACE_TRIES):
         try:
             with session_scope(settings) as session:
+                if request.callback_url is not None and not caller.admin:
+                    _check_reach(session, caller, request.callback_url)
                 job, created = insert_job(
                     session,
                     request,
@@ -88,6 +95,42 @@ def enqueue(
     )
 
 
+def _check_reach(session: Session, caller: Caller, url: str) -> None:
+    """A literal address the client's callbacks may not reach is refused now; a host name is
+    checked at each attempt, against every address it resolves to then."""
+    try:
+        validate_callback_url(url, client_reach(session, caller.id))
+    except UnsafeCallbackURL as exc:
+        raise ApiError(422, f"callback_url: {exc.message}", field="callback_url") from None
+
+
+def shown_attempt(caller: Caller, attempt: dict[str, Any]) -> dict[str, Any]:
+    """An attempt as ``caller`` may see it: an admin everything; another client its
+    ``error_class`` and ``status_code``, never the receiver's answer (``response_body``) or the
+    error's text (``error_message``)."""
+    if caller.admin:
+        return attempt
+    return {**attempt, "error_message": None, "response_body": None}
+
+
+def shown_delivery(
+    caller: Caller, delivery: dict[str, Any], *, last_class: str | None = None
+) -> dict[str, Any]:
+    """A callback message as ``caller`` may see it: its attempts through :func:`shown_attempt`,
+    and for a non-admin ``last_error`` is the last attempt's class (``last_class`` when the
+    attempt log is not in ``delivery``)."""
+    if caller.admin:
+        return delivery
+    shown = dict(delivery)
+    log = shown.get("attempt_log")
+    if log is not None:
+        shown["attempt_log"] = [shown_attempt(caller, a) for a in log]
+        last_class = log[-1]["error_class"] if log else None
+    if shown.get("last_error") is not None:
+        shown["last_error"] = last_class
+    return shown
+
+
 def detail(settings: Settings, caller: Caller, job_pk: int) -> dict[str, Any]:
     """The job with its transitions and callbacks, each with its newest attempts (at most
     :data:`ATTEMPTS_SHOWN`: a message redelivered in a loop must not make this unbounded) and
@@ -101,6 +144,7 @@ def detail(settings: Settings, caller: Caller, job_pk: int) -> dict[str, Any]:
         delivery["attempt_log_next_cursor"] = (
             None if oldest_shown is None else encode_cursor(oldest_shown, ATTEMPT_CURSOR)
         )
+    found["deliveries"] = [shown_delivery(caller, d) for d in found["deliveries"]]
     return found
 
 
@@ -115,7 +159,7 @@ def attempts(
     more = len(rows) > limit
     rows = rows[:limit]
     return {
-        "attempts": [attempt.to_dict() for attempt in rows],
+        "attempts": [shown_attempt(caller, attempt.to_dict()) for attempt in rows],
         "next_cursor": encode_cursor(rows[-1].id, ATTEMPT_CURSOR) if more else None,
     }
 
@@ -213,11 +257,17 @@ def redeliver_for(settings: Settings, caller: Caller, delivery_id: str) -> dict[
     """Make one of the caller's callback messages due now; the worker's sweep sends it."""
     with session_scope(settings) as session:
         _owned_delivery(session, caller, delivery_id)
+        last_class = session.execute(
+            select(WebhookAttempt.error_class)
+            .where(WebhookAttempt.delivery_id == delivery_id)
+            .order_by(WebhookAttempt.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
     try:
         delivery = redeliver(settings, delivery_id)
     except NotFoundError:  # the retention removed it since the ownership check
         raise ApiError(404, "no such delivery") from None
-    return delivery.to_dict()
+    return shown_delivery(caller, delivery.to_dict(), last_class=last_class)
 
 
 def _owned_delivery(session: Session, caller: Caller, delivery_id: str) -> None:

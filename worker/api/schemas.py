@@ -147,13 +147,18 @@ class Transition(BaseModel):
 
 
 class Attempt(BaseModel):
+    """One delivery attempt. A client without the ``admin`` scope gets ``error_class`` and
+    ``status_code`` only: ``error_message`` and ``response_body`` are null."""
+
     id: int
     attempted_at: str | None
     status_code: int | None
-    error_class: str | None
-    error_message: str | None
+    error_class: str | None = Field(
+        description="http, timeout, connection, dns, tls, refused_url, no_secret or bad_secret"
+    )
+    error_message: str | None = Field(description="admin clients only")
     latency_ms: int | None
-    response_body: str | None
+    response_body: str | None = Field(description="the answer's first KiB; admin clients only")
 
 
 class Delivery(BaseModel):
@@ -166,7 +171,10 @@ class Delivery(BaseModel):
     status: str = Field(description="pending, delivered or failed")
     attempts: int
     last_status_code: int | None
-    last_error: str | None
+    last_error: str | None = Field(
+        description="the last attempt's error: its text for admin clients, its error_class "
+        "for the others"
+    )
     next_attempt_at: str | None
     created_at: str | None
     updated_at: str | None

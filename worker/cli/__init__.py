@@ -32,6 +32,9 @@ COMMANDS: dict[str, Entry] = {
     "deliveries": Entry(
         "worker.cli.inspect:deliveries", "List callback messages and their delivery status."
     ),
+    "breakers": Entry(
+        "worker.cli.inspect:breakers", "Callback destinations that time out, and their breakers."
+    ),
     "redeliver": Entry(
         "worker.cli.inspect:redeliver", "Send a callback again (same message, same webhook-id)."
     ),

@@ -1,5 +1,5 @@
-"""``jobtracker clients add / list / revoke / rotate-token / rotate-secret / rotate-master``: who
-may call the service API.
+"""``jobtracker clients add / list / revoke / rotate-token / rotate-secret / rotate-master /
+allow-network / deny-network``: who may call the service API, and where its callbacks may go.
 
 A token and a webhook secret are printed once, when they are made, and never again: only the
 token's hash is stored, and the secret is derived when a callback is signed. Lost one? Rotate it.
@@ -11,6 +11,7 @@ them with: a host clock that is off would end a grace period early or late.
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import timedelta
 from typing import Any
 
@@ -20,6 +21,7 @@ from jobtracker.models import Scope
 from worker import clock
 from worker.cli.common import AGE, JSON_OPTION, fail, print_json, read_settings, ready_settings
 from worker.cli.tables import clients_table, format_time
+from worker.clients.networks import allow_network, deny_network
 from worker.clients.registry import (
     Issued,
     add_client,
@@ -220,3 +222,39 @@ def rotate_master_command(as_json: bool) -> None:
     )
     for name, revoked, secret in rotated:
         click.echo(f"  {name}{' (revoked)' if revoked else ''}: {secret}")
+
+
+@clients.command("allow-network")
+@click.argument("name")
+@click.argument("network")
+def allow_network_command(name: str, network: str) -> None:
+    """Let the client's callbacks reach a private NETWORK (10.0.0.0/8, or one address)."""
+    settings = read_settings()
+    try:
+        with session_scope(settings) as session:
+            shown, added = allow_network(session, name, network, now=clock.now(settings))
+    except (NotFoundError, ClientError) as exc:
+        fail(str(exc), 1)
+    if not added:
+        click.echo(f"{shown} was already allowed for {name!r}")
+        return
+    click.echo(f"callbacks of {name!r} may now reach {shown}")
+    if ipaddress.ip_network(shown).is_global:
+        click.echo(f"(public addresses were allowed already: {shown} changes nothing)", err=True)
+
+
+@clients.command("deny-network")
+@click.argument("name")
+@click.argument("network")
+def deny_network_command(name: str, network: str) -> None:
+    """Take back a NETWORK allowed with allow-network (as it was written, or its canonical form)."""
+    settings = read_settings()
+    try:
+        with session_scope(settings) as session:
+            shown = deny_network(session, name, network)
+    except (NotFoundError, ClientError) as exc:
+        fail(str(exc), 1)
+    click.echo(
+        f"callbacks of {name!r} may no longer reach {shown}; its pending callbacks there are "
+        "refused at their next attempt"
+    )

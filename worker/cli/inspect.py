@@ -25,7 +25,14 @@ from worker.cli.common import (
     print_json,
     read_settings,
 )
-from worker.cli.tables import deliveries_table, format_age, job_page, jobs_table, stats_page
+from worker.cli.tables import (
+    breakers_table,
+    deliveries_table,
+    format_age,
+    job_page,
+    jobs_table,
+    stats_page,
+)
 from worker.db import session_scope
 from worker.errors import NotFoundError
 from worker.flow.deliver import deliver_one, redeliver_failed
@@ -36,6 +43,7 @@ from worker.inspection.queries import (
     find_job,
     get_delivery,
     job_detail,
+    list_breakers,
     list_deliveries,
     list_jobs,
 )
@@ -154,6 +162,29 @@ def deliveries(statuses: tuple[str, ...], job: int | None, limit: int, as_json: 
     click.echo(deliveries_table(rows, now))
     if len(rows) == limit:
         click.echo(f"(the {limit} newest; use --limit for more)", err=True)
+
+
+@click.command()
+@click.option("--open", "open_only", is_flag=True, help="Only destinations whose breaker is open.")
+@JSON_OPTION
+def breakers(open_only: bool, as_json: bool) -> None:
+    """Callback destinations that time out: their circuit breaker, open or counting.
+
+    A breaker opens after 5 timeouts in a row; while it is open, the messages to that
+    destination wait (no attempt is made or counted) and one probe goes every 30 s. Any answer
+    closes it and removes the row.
+    """
+    settings = read_settings()
+    now = clock.now(settings)
+    with session_scope(settings) as session:
+        rows = list_breakers(session, open_only=open_only)
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        click.echo("no callback destination is timing out", err=True)
+        return
+    click.echo(breakers_table(rows, now))
 
 
 @click.command()

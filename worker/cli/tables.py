@@ -144,6 +144,30 @@ def deliveries_table(deliveries: Sequence[Mapping[str, Any]], now: datetime) -> 
     )
 
 
+def breakers_table(breakers: Sequence[Mapping[str, Any]], now: datetime) -> str:
+    """``jobtracker breakers``: destinations that time out, and when the next probe goes."""
+
+    def probe(b: Mapping[str, Any]) -> str:
+        if b["state"] != "open" or not b["probe_at"]:
+            return "-"
+        delta = (datetime.fromisoformat(b["probe_at"]) - now).total_seconds()
+        return "now" if delta <= 0 else f"in {format_age(delta)}"
+
+    return table(
+        ["DESTINATION", "STATE", "TIMEOUTS IN A ROW", "OPEN SINCE", "NEXT PROBE"],
+        [
+            [
+                b["destination"],
+                b["state"],
+                b["timeouts"],
+                ago(b["opened_at"], now) + " ago" if b["opened_at"] else "-",
+                probe(b),
+            ]
+            for b in breakers
+        ],
+    )
+
+
 def _next(d: Mapping[str, Any], now: datetime) -> str:
     if not d["next_attempt_at"]:
         return "-"
@@ -317,11 +341,20 @@ def clients_table(clients: Sequence[Mapping[str, Any]], now: datetime) -> str:
                 "revoked " + ago(c["revoked_at"], now) + " ago" if c["revoked_at"] else "active",
                 tokens or "-",
                 secret,
+                _callbacks_reach(c),
             ]
         )
     return table(
-        ["client", "scopes", "age", "state", "tokens", "webhook secret"], rows, max_cell=80
+        ["client", "scopes", "age", "state", "tokens", "webhook secret", "callbacks reach"],
+        rows,
+        max_cell=80,
     )
+
+
+def _callbacks_reach(client: Mapping[str, Any]) -> str:
+    if "admin" in client["scopes"]:
+        return "as JOBTRACKER_WEBHOOK_BLOCK_PRIVATE"
+    return " ".join(["public", *(f"+ {n}" for n in client.get("networks", []))])
 
 
 def _schedule_text(learned: Mapping[str, Any]) -> str:

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from jobtracker.models import ApiClient, ApiToken, Scope, TrackedJob
+from jobtracker.models import ApiClient, ApiClientNetwork, ApiToken, Scope, TrackedJob
 from worker.clients.credentials import (
     derive_webhook_secret,
     is_well_formed,
@@ -286,6 +286,7 @@ def client_dict(session: Session, client: ApiClient, *, now: datetime) -> dict[s
         "revoked_at": ts(client.revoked_at),
         "secret_generation": client.secret_generation,
         "previous_secret_until": ts(client.previous_secret_until) if rotating else None,
+        "networks": networks_of(session, client.id),
         "tokens": [
             {
                 "prefix": t.prefix + "…",
@@ -296,6 +297,17 @@ def client_dict(session: Session, client: ApiClient, *, now: datetime) -> dict[s
             if t.expires_at is None or t.expires_at > now
         ],
     }
+
+
+def networks_of(session: Session, client_id: int) -> list[str]:
+    """The networks an operator allowed the client's callbacks to reach (besides public ones)."""
+    return list(
+        session.execute(
+            select(ApiClientNetwork.network)
+            .where(ApiClientNetwork.client_id == client_id)
+            .order_by(ApiClientNetwork.network)
+        ).scalars()
+    )
 
 
 def list_clients(session: Session, *, now: datetime) -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from jobtracker.models import JobStatus, JobTransition, TrackedJob, WebhookDelivery, can_transition
 from worker.errors import InvalidTransition
-from worker.flow.deliver import send_after_commit
+from worker.flow.deliver import Route, route, send_after_commit
 from worker.flow.outbox import delivery_row
 from worker.observe import metrics
 
@@ -149,6 +149,7 @@ def transition_many(
     conflicts: list[Move] = []
     history: list[dict[str, Any]] = []
     outbox: list[dict[str, Any]] = []
+    routes: dict[str, Route] = {}
     for move in moves:
         job, from_status = move.job, move.job.job_status
         if not can_transition(from_status, move.to_status):
@@ -190,6 +191,7 @@ def transition_many(
             row = delivery_row(job, now=now)
             outbox.append(row)
             delivery_id = row["id"]
+            routes[delivery_id] = route(job.callback_url, job.client_id)
         applied.append(TransitionResult(job=job, from_status=from_status, delivery_id=delivery_id))
         _log_move(job, from_status, move.reason)
         if move.to_status.is_terminal and move.to_status is not JobStatus.EXPIRED:
@@ -200,7 +202,7 @@ def transition_many(
         conn.execute(_RECORD, history)
     if outbox:
         conn.execute(_OUTBOX, outbox)
-        send_after_commit(session, [row["id"] for row in outbox])
+        send_after_commit(session, [row["id"] for row in outbox], routes=routes)
     _notify_terminal(conn, [r.job.id for r in applied if r.job.job_status.is_terminal])
     return applied, conflicts
 

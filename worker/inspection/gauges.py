@@ -16,7 +16,7 @@ from jobtracker.models import DeliveryStatus, JobStatus
 from worker import clock
 from worker.catalogue.table import PROVIDERS
 from worker.db import session_scope
-from worker.inspection.queries import unpollable
+from worker.inspection.queries import open_breakers, unpollable
 from worker.lifecycle import tally
 from worker.providers.state import load_states
 from worker.settings import Settings
@@ -69,12 +69,17 @@ class DatabaseCollector(Collector):
                 labels=["kind"],
             ),
             GaugeMetricFamily(
+                "jobtracker_delivery_breakers_open",
+                "Callback destinations whose circuit breaker is open (5 timeouts in a row); "
+                "which ones: `jobtracker breakers`.",
+            ),
+            GaugeMetricFamily(
                 "jobtracker_database_up", "1 if the last scrape could read the database."
             ),
         )
 
     def collect(self) -> Iterator[Metric]:
-        jobs, oldest, paused, throttled, pending, stuck, up = self._families()
+        jobs, oldest, paused, throttled, pending, stuck, breakers, up = self._families()
         now = clock.now(self.settings)
         try:
             with session_scope(self.settings) as session:
@@ -82,6 +87,7 @@ class DatabaseCollector(Collector):
                 oldest_at = tally.oldest_active(session, tallies.active_kinds())
                 states = load_states(session)
                 unknown = unpollable(session)
+                opened = open_breakers(session)
         except Exception as exc:
             log.warning("metrics: cannot read the database: %s", exc)
             up.add_metric([], 0)
@@ -103,5 +109,6 @@ class DatabaseCollector(Collector):
         pending.add_metric([], tallies.deliveries.get(DeliveryStatus.PENDING.value, 0))
         for kind, count in sorted(unknown.items()):
             stuck.add_metric([kind], count)
+        breakers.add_metric([], opened)
         up.add_metric([], 1)
-        yield from (jobs, oldest, paused, throttled, pending, stuck, up)
+        yield from (jobs, oldest, paused, throttled, pending, stuck, breakers, up)

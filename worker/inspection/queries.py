@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from jobtracker.models import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
+    DeliveryBreaker,
     DeliveryStatus,
     JobStatus,
     JobTransition,
@@ -252,6 +253,30 @@ def attempts_page(
     if before_id is not None:
         query = query.where(WebhookAttempt.id < before_id)
     return list(session.execute(query.order_by(WebhookAttempt.id.desc()).limit(limit)).scalars())
+
+
+def list_breakers(
+    session: Session, *, open_only: bool = False, limit: int = 200
+) -> list[dict[str, Any]]:
+    """Callback destinations that are timing out: open breakers first, then by timeouts."""
+    query = select(DeliveryBreaker)
+    if open_only:
+        query = query.where(DeliveryBreaker.opened_at.is_not(None))
+    query = query.order_by(
+        DeliveryBreaker.opened_at.is_(None),
+        DeliveryBreaker.timeouts.desc(),
+        DeliveryBreaker.destination,
+    )
+    return [b.to_dict() for b in session.execute(query.limit(limit)).scalars()]
+
+
+def open_breakers(session: Session) -> int:
+    """How many destinations have an open breaker (the table holds only troubled ones)."""
+    return int(
+        session.execute(
+            select(func.count()).where(DeliveryBreaker.opened_at.is_not(None))
+        ).scalar_one()
+    )
 
 
 def _ts(value: datetime | None) -> str | None:

@@ -78,6 +78,17 @@ DELIVERY_SECONDS = Histogram(
     "Time one callback attempt took, until the receiver's answer or the error.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0),
 )
+BREAKERS_OPENED = Counter(
+    "jobtracker_delivery_breakers_opened",
+    "Callback destinations whose circuit breaker this process opened (after their timeouts in a "
+    "row); which ones is in the log line and `jobtracker breakers`.",
+)
+DELIVERIES_SKIPPED = Counter(
+    "jobtracker_deliveries_skipped",
+    "Callback messages left in the outbox without an attempt, by reason: breaker (their "
+    "destination's breaker is open), busy (no room for them in this process now).",
+    ["reason"],
+)
 PROVIDER_RATE = Gauge(
     "jobtracker_provider_rate",
     "Calls per second this process last saw allowed by the provider's shared pace (at most "

@@ -3,17 +3,21 @@ importing ``worker`` reads no environment and opens no connection."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
 
 from celery import Celery
 from celery.signals import beat_init, worker_init, worker_shutting_down
 
-from worker.flow import poll
+from worker.flow import deliver, poll
 from worker.inspection.gauges import DatabaseCollector
 from worker.observe.logs import configure_logging
 from worker.observe.metrics import start_metrics_server
 from worker.runtime.migrate import ensure_schema
 from worker.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 QUEUE = "jobtracker"
 #: How often the tallies are folded (a metrics scrape sums what piled up since).
@@ -104,6 +108,24 @@ def _check_worker_start(**_: Any) -> None:
     # `celery -A worker worker` and `jobtracker run` both pass here (once per process: the pool
     # is threads, so there are no child processes to serve metrics from).
     start_metrics_server(settings, DatabaseCollector(settings))
+    # In the background: resolving the pending messages' hosts must not delay the start.
+    threading.Thread(
+        target=_refuse_unreachable, args=(settings,), name="jobtracker-recheck", daemon=True
+    ).start()
+
+
+def _refuse_unreachable(settings: Settings) -> None:
+    try:
+        refused = deliver.refuse_unreachable(settings)
+    except Exception:  # each message is still checked at its next attempt
+        log.exception("could not recheck the pending callbacks")
+        return
+    if refused:
+        log.warning(
+            "%d pending callback(s) failed at once: their URL is no longer allowed "
+            "(webhook_attempts.error_class = 'refused_url')",
+            refused,
+        )
 
 
 @beat_init.connect

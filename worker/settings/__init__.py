@@ -188,7 +188,19 @@ class Settings:
     webhook_block_private: bool = setting(
         "JOBTRACKER_WEBHOOK_BLOCK_PRIVATE",
         False,
-        doc="also refuse callback URLs that resolve to private, loopback or CGNAT addresses",
+        doc="also refuse callback URLs that resolve to private, loopback or CGNAT addresses, "
+        "for jobs enqueued with Celery, Python, the CLI, SQL or by an `admin` API client (the "
+        "other API clients' callbacks reach only public addresses and the networks allowed for "
+        'them: see "What a client can and cannot see or reach")',
+    )
+    delivery_threads: int = setting(
+        "JOBTRACKER_DELIVERY_THREADS",
+        32,
+        minimum=2,
+        maximum=512,
+        doc="callback-sending threads in each worker process. One receiver gets at most 4 of "
+        "them at once (1 until it answers, and while it times out), one API client at most "
+        'half (see "Delivery rules")',
     )
     log_format: str = setting(
         "JOBTRACKER_LOG_FORMAT",

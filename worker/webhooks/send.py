@@ -23,7 +23,12 @@ from worker.policy import LOG_BODY_BYTES, DeliveryPolicy
 from worker.webhooks.classify import AttemptError, classify
 from worker.webhooks.signing import NoWebhookSecret, sign_headers
 from worker.webhooks.transport import PinnedAdapter, make_session, pinned
-from worker.webhooks.urls import CallbackResolutionError, loggable_url, resolve_callback_url
+from worker.webhooks.urls import (
+    CallbackResolutionError,
+    Reach,
+    loggable_url,
+    resolve_callback_url,
+)
 
 __all__ = [
     "USER_AGENT",
@@ -81,8 +86,11 @@ def send(
     policy: DeliveryPolicy,
     session: requests.Session | None = None,
     now: datetime | None = None,
+    reach: Reach | None = None,
 ) -> AttemptOutcome:
     """POST ``body`` to ``url`` once, signed with every secret, and say what happened.
+
+    ``reach`` says which addresses the URL may resolve to (default: ``policy.block_private``'s).
 
     ``now`` (aware; default the current time) is the signed ``webhook-timestamp``. ``session``
     must come from :func:`worker.webhooks.transport.make_session` (pass one to reuse connections,
@@ -104,7 +112,9 @@ def send(
 
     try:
         resolved = resolve_callback_url(
-            url, block_private=policy.block_private, timeout_s=policy.connect_timeout_s
+            url,
+            reach=reach or Reach(block_private=policy.block_private),
+            timeout_s=policy.connect_timeout_s,
         )
     except UnsafeCallbackURL as exc:
         return attempt.failed(AttemptError.REFUSED_URL, exc.message, level=logging.WARNING)
